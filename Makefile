@@ -1,0 +1,29 @@
+# The two commands README opens with:
+#   make demo   set up everything, then run the main job
+#   make test   set up everything, then run every test (ctest + pytest)
+.PHONY: setup demo test test-cpp test-py bench lint format clean
+
+setup:
+	bash scripts/bootstrap.sh
+
+demo: setup
+	.venv/bin/python examples/queue_demo.py
+
+test: setup
+	ctest --test-dir build/py --output-on-failure -j2
+	.venv/bin/python -m pytest
+
+bench: setup
+	CPCSYNC_EXTRA_PIP="persist-queue litequeue tenacity" bash scripts/bootstrap.sh
+	.venv/bin/python benchmarks/run.py
+
+lint: setup
+	.venv/bin/ruff check python tests_py benchmarks examples
+	.venv/bin/ruff format --check python tests_py benchmarks examples
+
+format:
+	.venv/bin/ruff format python tests_py benchmarks examples
+	clang-format -i cpp/include/cpcsync/*.h cpp/src/*.cc cpp/src/*.h cpp/src/sqlite/* cpp/bindings/* tests_cpp/*.cc
+
+clean:
+	rm -rf build .venv

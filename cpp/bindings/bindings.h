@@ -1,0 +1,24 @@
+// Shared declarations of the pybind11 module cpcsync._core, one area per file.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+namespace cpcsync::py_bindings {
+
+namespace py = pybind11;
+
+void InitErrors(py::module_& m);
+void InitClock(py::module_& m);
+void InitLog(py::module_& m);
+void InitQueue(py::module_& m);
+
+// Payloads: bytes-like as is, str as UTF-8, anything else as compact JSON.
+std::string PayloadBytes(py::handle obj);
+// An int argument that is not a bool; TypeError otherwise.
+long long StrictInt(py::handle obj, const char* name);
+// A real number (int or float, not bool) as double; TypeError otherwise.
+double StrictSeconds(py::handle obj, const char* name);
+
+}  // namespace cpcsync::py_bindings

@@ -1,0 +1,12 @@
+// cpcsync._core: the C++ core exposed to Python. The public names are re-exported
+// by the cpcsync package; import that, not this module.
+#include "bindings.h"
+
+PYBIND11_MODULE(_core, m) {
+  namespace b = cpcsync::py_bindings;
+  m.doc() = "cpcsync's C++ core (private: import cpcsync instead).";
+  b::InitErrors(m);
+  b::InitClock(m);
+  b::InitLog(m);
+  b::InitQueue(m);
+}

@@ -1,0 +1,58 @@
+// Clock: the only source of time in cpcsync, and the only way to wait for it.
+//
+// Every component that timestamps or waits takes a std::shared_ptr<Clock>, so tests
+// can swap in a VirtualClock and drive hours of retries in milliseconds, the way
+// LevelDB's Env lets tests swap the operating system.
+//
+// Times are seconds as double. SystemClock::Now() is the Unix wall clock.
+// VirtualClock::Now() starts where it is told and moves only on Advance().
+//
+// Waiting is done through a Waiter (waiter.h), which a clock wakes when virtual
+// time passes a deadline. Thread-safety: all methods are safe from any thread.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <vector>
+
+namespace cpcsync {
+
+class Waiter;
+
+class Clock {
+ public:
+  virtual ~Clock() = default;
+  // Seconds since the clock's epoch (Unix epoch for SystemClock).
+  virtual double Now() const = 0;
+  // True when time moves only by Advance(): waits must then be woken by the clock.
+  virtual bool IsVirtual() const { return false; }
+  // Registers a waiter to be woken whenever virtual time moves. No-op for real clocks.
+  virtual void Attach(const std::shared_ptr<Waiter>& waiter) {}
+};
+
+class SystemClock final : public Clock {
+ public:
+  double Now() const override;
+  // A process-wide instance, the default everywhere a clock is optional.
+  static std::shared_ptr<Clock> Default();
+};
+
+class VirtualClock final : public Clock {
+ public:
+  explicit VirtualClock(double start = 0.0) : now_(start) {}
+  double Now() const override;
+  bool IsVirtual() const override { return true; }
+  void Attach(const std::shared_ptr<Waiter>& waiter) override;
+  // Moves time forward by `seconds` (>= 0, finite) and wakes every attached waiter.
+  // Throws SyncError(kInvalidArgument) for a negative or non-finite step.
+  void Advance(double seconds);
+  // Moves time to `t` if it is later than now.
+  void AdvanceTo(double t);
+
+ private:
+  mutable std::mutex mu_;
+  double now_;
+  std::vector<std::weak_ptr<Waiter>> waiters_;
+};
+
+}  // namespace cpcsync

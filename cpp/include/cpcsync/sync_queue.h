@@ -1,0 +1,90 @@
+// SyncQueue: the durable, prioritised outbox a service enqueues into and an
+// engine (or any consumer) takes from.
+//
+// Policy over a QueueStorage: validates and stamps operations (idempotency key,
+// HLC, clock time), wakes consumers, and enforces the consumer role. Semantics:
+// docs/queue-semantics.md. Thread-safety: every method may be called from any
+// thread. Close() wakes Wait()ers; later calls throw SyncError(kClosed).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "cpcsync/clock.h"
+#include "cpcsync/hlc.h"
+#include "cpcsync/operation.h"
+#include "cpcsync/sqlite_storage.h"
+#include "cpcsync/storage.h"
+#include "cpcsync/waiter.h"
+
+namespace cpcsync {
+
+class SyncQueue {
+ public:
+  SyncQueue(std::unique_ptr<QueueStorage> storage, Limits limits, std::shared_ptr<Clock> clock,
+            std::string path = {});
+  ~SyncQueue();
+  SyncQueue(const SyncQueue&) = delete;
+  SyncQueue& operator=(const SyncQueue&) = delete;
+
+  static std::shared_ptr<SyncQueue> Open(const std::string& path, const SqliteOptions& options,
+                                         Limits limits, std::shared_ptr<Clock> clock);
+  static std::shared_ptr<SyncQueue> InMemory(Limits limits, std::shared_ptr<Clock> clock);
+
+  int64_t Enqueue(NewOp op);
+  // All or nothing, one transaction.
+  std::vector<int64_t> EnqueueMany(std::vector<NewOp> ops);
+
+  // Consumer calls (the first one makes this handle the consumer).
+  std::vector<Operation> Take(size_t n);
+  void Ack(int64_t id);
+  void Retry(int64_t id, double delay, std::optional<std::string> error);
+  void DeadLetter(int64_t id, const std::string& reason);
+  std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids);
+  int64_t PurgeDead();
+  void SetBaseVersion(int64_t id, std::optional<int64_t> version,
+                      const std::optional<std::string>& payload);
+  void AcquireConsumer();
+
+  // Inspection.
+  std::vector<Operation> Peek(size_t n);
+  std::optional<Operation> Get(int64_t id);
+  std::vector<Operation> DeadLetters(size_t limit = SIZE_MAX);
+  int64_t Count();
+  QueueStats Stats();
+  std::optional<double> NextReadyAt();
+
+  // Blocks until an op is (probably) deliverable, up to `timeout` seconds on the
+  // queue's clock (nullopt: forever). True when something is ready. Wakes on local
+  // and (for the consumer) other processes' enqueues, and when a delay runs out.
+  bool Wait(std::optional<double> timeout);
+
+  void Close();
+  bool closed() const { return closed_.load(); }
+  const std::shared_ptr<Clock>& clock() const { return clock_; }
+  const std::shared_ptr<Waiter>& waiter() const { return waiter_; }
+  HybridLogicalClock& hlc() { return hlc_; }
+  const Limits& limits() const { return limits_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  StampedOp Stamp(NewOp op, double now);
+  void EnsureConsumer();
+  std::shared_lock<std::shared_mutex> Guard() const;
+
+  std::unique_ptr<QueueStorage> storage_;
+  Limits limits_;
+  std::shared_ptr<Clock> clock_;
+  std::string path_;
+  std::shared_ptr<Waiter> waiter_;
+  HybridLogicalClock hlc_;
+  mutable std::shared_mutex close_mu_;  // shared by calls, exclusive by Close
+  std::atomic<bool> closed_{false};
+  std::atomic<bool> consumer_{false};
+};
+
+}  // namespace cpcsync

@@ -1,0 +1,897 @@
+#include "cpcsync/sqlite_storage.h"
+
+#include <condition_variable>
+#include <exception>
+#include <limits>
+#include <mutex>
+
+#include "cpcsync/errors.h"
+#include "cpcsync/log.h"
+#include "lane_merge.h"
+#include "sqlite/consumer_lock.h"
+#include "sqlite/db.h"
+#include "sqlite/schema.h"
+
+namespace cpcsync {
+namespace {
+
+using sqlite::Db;
+using sqlite::Stmt;
+using sqlite::Use;
+
+constexpr const char* kOpColumns =
+    "id, kind, key, payload, priority, idempotency_key, hlc, created_at, attempts, "
+    "next_attempt_at, last_error, state, expires_at, first_attempt_at, base_version";
+
+Operation ReadOp(const Stmt& s) {
+  Operation op;
+  op.id = s.Int(0);
+  op.kind = s.Text(1);
+  op.key = s.OptText(2);
+  op.payload = s.Blob(3);
+  op.priority = static_cast<int>(s.Int(4));
+  op.idempotency_key = s.Text(5);
+  op.hlc = static_cast<uint64_t>(s.Int(6));
+  op.created_at = s.Real(7);
+  op.attempts = static_cast<int>(s.Int(8));
+  op.next_attempt_at = s.Real(9);
+  op.last_error = s.OptText(10);
+  op.state = static_cast<OpState>(s.Int(11));
+  op.expires_at = s.OptReal(12);
+  op.first_attempt_at = s.OptReal(13);
+  op.base_version = s.OptInt(14);
+  return op;
+}
+
+std::string Sql(const std::string& head, const std::string& tail = "") {
+  return head + kOpColumns + tail;
+}
+
+struct Counters {
+  int64_t live_ops = 0, live_bytes = 0, dead_ops = 0;
+  uint64_t max_hlc = 0;
+  bool operator==(const Counters&) const = default;
+};
+
+// Every statement the storage runs, prepared once per connection.
+struct Statements {
+  explicit Statements(sqlite3* db)
+      : begin(db, "BEGIN"),
+        begin_immediate(db, "BEGIN IMMEDIATE"),
+        commit(db, "COMMIT"),
+        rollback(db, "ROLLBACK"),
+        savepoint(db, "SAVEPOINT batch_item"),
+        release(db, "RELEASE batch_item"),
+        rollback_to(db, "ROLLBACK TO batch_item"),
+        sync_full(db, "PRAGMA synchronous=FULL"),
+        sync_normal(db, "PRAGMA synchronous=NORMAL"),
+        sync_off(db, "PRAGMA synchronous=OFF"),
+        read_counters(db, "SELECT live_ops, live_bytes, dead_ops, max_hlc FROM counters"),
+        write_counters(db,
+                       "UPDATE counters SET live_ops=?1, live_bytes=?2, dead_ops=?3, max_hlc=?4"),
+        insert(db,
+               "INSERT INTO ops(kind, key, payload, size, priority, idempotency_key, hlc, "
+               "created_at, attempts, next_attempt_at, last_error, state, expires_at, "
+               "first_attempt_at, base_version) "
+               "VALUES(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, 0, ?9, NULL, 0, ?10, NULL, ?11)"),
+        load(db, Sql("SELECT ", " FROM ops WHERE id=?1")),
+        brief(db, "SELECT key, state, size, priority, next_attempt_at FROM ops WHERE id=?1"),
+        lane_head(db, "SELECT id FROM ops WHERE key=?1 AND state<2 ORDER BY id LIMIT 1"),
+        lane_last(db,
+                  "SELECT id, kind, state, size FROM ops WHERE key=?1 AND state<2 "
+                  "ORDER BY id DESC LIMIT 1"),
+        lane_prio(db, "SELECT max(priority) FROM ops WHERE key=?1 AND state=0"),
+        lane_next(db,
+                  "SELECT id FROM ops WHERE key=?1 AND state<2 AND id>?2 ORDER BY id LIMIT 1"),
+        lane_prio_from(db, "SELECT max(priority) FROM ops WHERE key=?1 AND state=0 AND id>=?2"),
+        ready_add(db, "INSERT INTO ready(op_id, prio) VALUES(?1, ?2)"),
+        waiting_add(db, "INSERT INTO waiting(op_id, prio, due) VALUES(?1, ?2, ?3)"),
+        ready_del(db, "DELETE FROM ready WHERE op_id=?1"),
+        waiting_del(db, "DELETE FROM waiting WHERE op_id=?1"),
+        ready_bump(db, "UPDATE ready SET prio=?2 WHERE op_id=?1 AND prio<?2"),
+        waiting_bump(db, "UPDATE waiting SET prio=?2 WHERE op_id=?1 AND prio<?2"),
+        ready_set(db, "UPDATE ready SET prio=?2 WHERE op_id=?1"),
+        waiting_set(db, "UPDATE waiting SET prio=?2 WHERE op_id=?1"),
+        coalesce(db,
+                 "UPDATE ops SET payload=?2, size=?3, hlc=?4, priority=max(priority, ?5), "
+                 "idempotency_key=?6, attempts=0, last_error=NULL, first_attempt_at=NULL, "
+                 "next_attempt_at=?7, expires_at=?8 WHERE id=?1"),
+        victim(db, "SELECT id FROM ops WHERE state=0 ORDER BY priority, id DESC LIMIT 1"),
+        expired(db,
+                "SELECT id FROM ops WHERE state=0 AND expires_at<=?1 ORDER BY expires_at "
+                "LIMIT 256"),
+        promote(db, "INSERT INTO ready(op_id, prio) SELECT op_id, prio FROM waiting WHERE due<=?1"),
+        promoted(db, "DELETE FROM waiting WHERE due<=?1"),
+        pick(db, "SELECT op_id FROM ready ORDER BY prio DESC, op_id LIMIT ?1"),
+        lease(db, Sql("UPDATE ops SET state=1, attempts=attempts+1, "
+                      "first_attempt_at=coalesce(first_attempt_at, ?2) WHERE id=?1 RETURNING ")),
+        ack(db, "DELETE FROM ops WHERE id=?1"),
+        retry(db, "UPDATE ops SET state=0, next_attempt_at=?2, last_error=?3 WHERE id=?1"),
+        bury(db, "UPDATE ops SET state=2, last_error=?2, dead_at=?3 WHERE id=?1"),
+        base_version(db, "UPDATE ops SET base_version=?2 WHERE id=?1"),
+        replace_payload(db, "UPDATE ops SET payload=?2, size=?3 WHERE id=?1"),
+        dead_list(db, Sql("SELECT ", " FROM ops WHERE state=2 ORDER BY id LIMIT ?1")),
+        dead_ids(db, "SELECT id FROM ops WHERE state=2 ORDER BY id"),
+        requeue(db,
+                "INSERT INTO ops(kind, key, payload, size, priority, idempotency_key, hlc, "
+                "created_at, attempts, next_attempt_at, last_error, state, expires_at, "
+                "first_attempt_at, base_version) "
+                "SELECT kind, key, payload, size, priority, idempotency_key, hlc, ?2, 0, ?2, "
+                "NULL, 0, NULL, NULL, base_version FROM ops WHERE id=?1"),
+        purge(db, "DELETE FROM ops WHERE state=2"),
+        in_flight(db, "SELECT id, key, priority FROM ops WHERE state=1 ORDER BY id"),
+        unlease(db, "UPDATE ops SET state=0 WHERE id=?1"),
+        count_in_flight(db, "SELECT count(*) FROM ops WHERE state=1"),
+        by_priority(db, "SELECT priority, count(*) FROM ops WHERE state=0 GROUP BY priority"),
+        oldest(db, "SELECT created_at FROM ops WHERE state=0 ORDER BY id LIMIT 1"),
+        any_ready(db, "SELECT 1 FROM ready LIMIT 1"),
+        first_due(db, "SELECT min(due) FROM waiting"),
+        ready_scan(db,
+                   "SELECT r.op_id, r.prio, o.key FROM ready r JOIN ops o ON o.id=r.op_id "
+                   "ORDER BY r.prio DESC, r.op_id"),
+        waiting_scan(db,
+                     "SELECT w.op_id, w.prio, o.key FROM waiting w JOIN ops o ON o.id=w.op_id "
+                     "ORDER BY w.prio DESC, w.op_id") {}
+
+  Stmt begin, begin_immediate, commit, rollback, savepoint, release, rollback_to;
+  Stmt sync_full, sync_normal, sync_off;
+  Stmt read_counters, write_counters;
+  Stmt insert, load, brief, lane_head, lane_last, lane_prio, lane_next, lane_prio_from;
+  Stmt ready_add, waiting_add, ready_del, waiting_del, ready_bump, waiting_bump, ready_set,
+      waiting_set;
+  Stmt coalesce, victim, expired, promote, promoted, pick, lease, ack, retry, bury;
+  Stmt base_version, replace_payload, dead_list, dead_ids, requeue, purge, in_flight, unlease;
+  Stmt count_in_flight, by_priority, oldest, any_ready, first_due, ready_scan, waiting_scan;
+};
+
+class SqliteStorage final : public QueueStorage {
+ public:
+  SqliteStorage(const std::string& path, const SqliteOptions& options)
+      : path_(path), options_(options) {
+    OpenFile();
+    stmts_ = std::make_unique<Statements>(db_.get());
+    if (!options_.read_only) notifier_ = std::make_unique<sqlite::Notifier>(sqlite::NotifyName(path_));
+  }
+
+  ~SqliteStorage() override {
+    try {
+      Close();
+    } catch (const std::exception& e) {
+      Log().error("closing queue '{}': {}", path_, e.what());
+    }
+  }
+
+  std::vector<int64_t> Insert(std::vector<StampedOp>& ops, const Limits& limits) override {
+    RequireWritable("enqueue");
+    Request req{&ops, &limits, {}, nullptr, false};
+    {
+      std::unique_lock lk(gc_mu_);
+      gc_pending_.push_back(&req);
+      while (!req.done) {
+        if (gc_leader_) {
+          gc_cv_.wait(lk);
+          continue;
+        }
+        gc_leader_ = true;
+        std::vector<Request*> batch;
+        batch.swap(gc_pending_);
+        lk.unlock();
+        CommitBatch(batch);
+        lk.lock();
+        for (Request* r : batch) r->done = true;
+        gc_leader_ = false;
+        gc_cv_.notify_all();
+      }
+    }
+    if (req.error) std::rethrow_exception(req.error);
+    if (!consumer_) notifier_->Notify();
+    return std::move(req.ids);
+  }
+
+  std::vector<Operation> Take(size_t n, double now) override {
+    std::lock_guard lock(db_mu_);
+    Txn txn(*this, Durability::kNormal);
+    while (true) {
+      std::vector<int64_t> expired;
+      {
+        Use s(st().expired);
+        s->Bind(1, now);
+        while (s->Step()) expired.push_back(s->Int(0));
+      }
+      for (int64_t id : expired) DeadLetterLocked(id, "expired", now);
+      if (expired.size() < 256) break;
+    }
+    Use(st().promote)->Bind(1, now).Run();
+    Use(st().promoted)->Bind(1, now).Run();
+    std::vector<int64_t> ids;
+    {
+      Use s(st().pick);
+      s->Bind(1, static_cast<int64_t>(n));
+      while (s->Step()) ids.push_back(s->Int(0));
+    }
+    std::vector<Operation> out;
+    out.reserve(ids.size());
+    for (int64_t id : ids) {
+      Use(st().ready_del)->Bind(1, id).Run();
+      Use s(st().lease);
+      s->Bind(1, id).Bind(2, now);
+      s->Step();
+      out.push_back(ReadOp(*s));
+    }
+    txn.Commit();
+    return out;
+  }
+
+  void Ack(int64_t id, double now) override {
+    std::lock_guard lock(db_mu_);
+    Txn txn(*this, Durability::kNormal);
+    Brief b = RequireState(id, OpState::kInFlight, "ack");
+    Use(st().ack)->Bind(1, id).Run();
+    counters_.live_ops -= 1;
+    counters_.live_bytes -= b.size;
+    if (b.key) AdvanceLane(*b.key, now);
+    txn.Commit();
+  }
+
+  void Retry(int64_t id, double next_attempt_at, const std::optional<std::string>& error,
+             double now) override {
+    std::lock_guard lock(db_mu_);
+    Txn txn(*this, Durability::kNormal);
+    Brief b = RequireState(id, OpState::kInFlight, "retry");
+    Use(st().retry)->Bind(1, id).Bind(2, next_attempt_at).Bind(3, error).Run();
+    Schedule(id, b.key, b.priority, next_attempt_at, now);
+    txn.Commit();
+  }
+
+  void DeadLetter(int64_t id, const std::string& reason, double now) override {
+    std::lock_guard lock(db_mu_);
+    Txn txn(*this, Durability::kNormal);
+    auto b = GetBrief(id);
+    if (!b || b->state == OpState::kDead) {
+      throw SyncError(ErrorCode::kOperationState,
+                      "dead_letter: operation " + std::to_string(id) + " is not pending or in flight");
+    }
+    DeadLetterLocked(id, reason, now);
+    txn.Commit();
+  }
+
+  void SetBaseVersion(int64_t id, std::optional<int64_t> version,
+                      const std::optional<std::string>& payload) override {
+    std::lock_guard lock(db_mu_);
+    Txn txn(*this, Durability::kNormal);
+    Brief b = RequireState(id, OpState::kInFlight, "set_base_version");
+    Use(st().base_version)->Bind(1, id).Bind(2, version).Run();
+    if (payload) {
+      Use(st().replace_payload)
+          ->Bind(1, id)
+          .BindBlob(2, *payload)
+          .Bind(3, static_cast<int64_t>(payload->size()))
+          .Run();
+      counters_.live_bytes += static_cast<int64_t>(payload->size()) - b.size;
+    }
+    txn.Commit();
+  }
+
+  std::vector<Operation> Peek(size_t n, double now) override {
+    std::lock_guard lock(db_mu_);
+    ReadTxn txn(*this);
+    Source source(*this);
+    return MergeLanes(source, n, now);
+  }
+
+  std::optional<Operation> Get(int64_t id) override {
+    std::lock_guard lock(db_mu_);
+    return LoadLocked(id);
+  }
+
+  std::vector<Operation> DeadLetters(size_t limit) override {
+    std::lock_guard lock(db_mu_);
+    std::vector<Operation> out;
+    Use s(st().dead_list);
+    s->Bind(1, static_cast<int64_t>(std::min<size_t>(limit, INT64_MAX)));
+    while (s->Step()) out.push_back(ReadOp(*s));
+    return out;
+  }
+
+  std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids,
+                                   double now) override {
+    std::lock_guard lock(db_mu_);
+    Txn txn(*this, Durability::kNormal);
+    std::vector<int64_t> chosen;
+    if (ids) {
+      for (int64_t id : *ids) {
+        auto b = GetBrief(id);
+        if (!b || b->state != OpState::kDead) {
+          throw SyncError(ErrorCode::kOperationState,
+                          "requeue_dead: operation " + std::to_string(id) + " is not dead");
+        }
+      }
+      chosen = *ids;
+    } else {
+      Use s(st().dead_ids);
+      while (s->Step()) chosen.push_back(s->Int(0));
+    }
+    std::vector<int64_t> out;
+    for (int64_t old_id : chosen) {
+      auto b = GetBrief(old_id);
+      if (!b || b->state != OpState::kDead) continue;  // listed twice
+      Use(st().requeue)->Bind(1, old_id).Bind(2, now).Run();
+      const int64_t id = db_.LastInsertId();
+      Use(st().ack)->Bind(1, old_id).Run();
+      counters_.dead_ops -= 1;
+      counters_.live_ops += 1;
+      counters_.live_bytes += b->size;
+      Placed(id, b->key, b->priority, now, now);
+      out.push_back(id);
+    }
+    txn.Commit();
+    return out;
+  }
+
+  int64_t PurgeDead() override {
+    std::lock_guard lock(db_mu_);
+    Txn txn(*this, Durability::kNormal);
+    Use(st().purge)->Run();
+    const int64_t n = db_.Changes();
+    counters_.dead_ops -= n;
+    txn.Commit();
+    return n;
+  }
+
+  int64_t ResetInFlight(double now) override {
+    std::lock_guard lock(db_mu_);
+    Txn txn(*this, Durability::kNormal);
+    const int64_t n = ResetInFlightLocked(now);
+    txn.Commit();
+    return n;
+  }
+
+  int64_t Count() override {
+    std::lock_guard lock(db_mu_);
+    return ReadCountersNow().live_ops;
+  }
+
+  QueueStats Stats() override {
+    std::lock_guard lock(db_mu_);
+    ReadTxn txn(*this);
+    const Counters c = ReadCountersNow();
+    QueueStats s;
+    s.dead = c.dead_ops;
+    s.bytes = c.live_bytes;
+    {
+      Use q(st().count_in_flight);
+      q->Step();
+      s.in_flight = q->Int(0);
+    }
+    s.pending = c.live_ops - s.in_flight;
+    {
+      Use q(st().by_priority);
+      while (q->Step()) s.by_priority[static_cast<int>(q->Int(0))] = q->Int(1);
+    }
+    {
+      Use q(st().oldest);
+      if (q->Step()) s.oldest_pending_created_at = q->Real(0);
+    }
+    {
+      Use q(st().first_due);
+      if (q->Step()) s.next_due = q->OptReal(0);
+    }
+    return s;
+  }
+
+  std::optional<double> NextReadyAt() override {
+    std::lock_guard lock(db_mu_);
+    ReadTxn txn(*this);
+    {
+      Use q(st().any_ready);
+      if (q->Step()) return -std::numeric_limits<double>::infinity();
+    }
+    Use q(st().first_due);
+    q->Step();
+    return q->OptReal(0);
+  }
+
+  uint64_t MaxHlc() override {
+    std::lock_guard lock(db_mu_);
+    return ReadCountersNow().max_hlc;
+  }
+
+  void AcquireConsumer(double now, std::function<void()> wake) override {
+    std::lock_guard lock(db_mu_);
+    if (consumer_) return;
+    RequireWritable("consume");
+    auto lock_holder = std::make_unique<sqlite::ConsumerLock>(sqlite::NotifyName(path_), std::move(wake));
+    Txn txn(*this, Durability::kNormal);
+    const int64_t n = ResetInFlightLocked(now);
+    txn.Commit();
+    if (n > 0) Log().info("queue '{}': {} in-flight ops of a previous consumer are pending again", path_, n);
+    consumer_ = std::move(lock_holder);
+  }
+
+  void Close() override {
+    std::lock_guard lock(db_mu_);
+    if (!db_.get()) return;
+    if (consumer_) {
+      try {
+        Txn txn(*this, Durability::kNormal);
+        ResetInFlightLocked(0);
+        txn.Commit();
+      } catch (const std::exception& e) {
+        Log().warn("queue '{}': in-flight ops stay leased until the next consumer: {}", path_,
+                   e.what());
+      }
+      consumer_.reset();
+    }
+    stmts_.reset();
+    db_.Close();
+  }
+
+ private:
+  struct Request {
+    std::vector<StampedOp>* ops;
+    const Limits* limits;
+    std::vector<int64_t> ids;
+    std::exception_ptr error;
+    bool done = false;
+  };
+
+  struct Brief {
+    std::optional<std::string> key;
+    OpState state;
+    int64_t size;
+    int priority;
+    double next_attempt_at;
+  };
+
+  // A write transaction; rolls back unless committed. Re-reads the shared
+  // counters (other processes write them too) and writes them back on commit.
+  class Txn {
+   public:
+    Txn(SqliteStorage& s, Durability sync) : s_(s) {
+      s_.SetSync(sync);
+      Use(s_.st().begin_immediate)->Run();
+      s_.counters_ = s_.ReadCountersNow();
+      start_ = s_.counters_;
+    }
+    void Commit() {
+      if (!(s_.counters_ == start_)) {
+        Use(s_.st().write_counters)
+            ->Bind(1, s_.counters_.live_ops)
+            .Bind(2, s_.counters_.live_bytes)
+            .Bind(3, s_.counters_.dead_ops)
+            .Bind(4, static_cast<int64_t>(s_.counters_.max_hlc))
+            .Run();
+      }
+      Use(s_.st().commit)->Run();
+      done_ = true;
+    }
+    ~Txn() {
+      if (!done_) sqlite3_exec(s_.db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+
+   private:
+    SqliteStorage& s_;
+    Counters start_;
+    bool done_ = false;
+  };
+
+  // A read transaction: one consistent snapshot for multi-statement reads.
+  class ReadTxn {
+   public:
+    explicit ReadTxn(SqliteStorage& s) : s_(s) { Use(s_.st().begin)->Run(); }
+    ~ReadTxn() { sqlite3_exec(s_.db_.get(), "COMMIT", nullptr, nullptr, nullptr); }
+
+   private:
+    SqliteStorage& s_;
+  };
+
+  class Source final : public LaneSource {
+   public:
+    explicit Source(SqliteStorage& s) : s_(s), ready_(s.st().ready_scan), waiting_(s.st().waiting_scan) {
+      Fetch(ready_, r_);
+      Fetch(waiting_, w_);
+    }
+    std::optional<LaneHead> NextLane() override {
+      if (!r_ && !w_) return std::nullopt;
+      const bool take_r = r_ && (!w_ || r_->eff_prio > w_->eff_prio ||
+                                 (r_->eff_prio == w_->eff_prio && r_->id < w_->id));
+      LaneHead out;
+      if (take_r) {
+        out = std::move(*r_);
+        Fetch(ready_, r_);
+      } else {
+        out = std::move(*w_);
+        Fetch(waiting_, w_);
+      }
+      return out;
+    }
+    std::vector<LaneHead> InFlightLanes() override {
+      std::vector<std::pair<int64_t, std::string>> lanes;
+      {
+        Use q(s_.st().in_flight);
+        while (q->Step()) {
+          if (!q->IsNull(1)) lanes.emplace_back(q->Int(0), q->Text(1));
+        }
+      }
+      std::vector<LaneHead> out;
+      for (auto& [id, key] : lanes) {
+        if (auto next = NextInLane(key, id)) out.push_back(std::move(*next));
+      }
+      return out;
+    }
+    std::optional<LaneHead> NextInLane(const std::string& key, int64_t after) override {
+      int64_t next;
+      {
+        Use q(s_.st().lane_next);
+        q->BindText(1, key).Bind(2, after);
+        if (!q->Step()) return std::nullopt;
+        next = q->Int(0);
+      }
+      Use q(s_.st().lane_prio_from);
+      q->BindText(1, key).Bind(2, next);
+      q->Step();
+      return LaneHead{static_cast<int>(q->Int(0)), next, key};
+    }
+    Operation Load(int64_t id) override { return *s_.LoadLocked(id); }
+    ~Source() override {
+      ready_.Reset();
+      waiting_.Reset();
+    }
+
+   private:
+    static void Fetch(Stmt& s, std::optional<LaneHead>& into) {
+      if (s.Step()) {
+        into = LaneHead{static_cast<int>(s.Int(1)), s.Int(0), s.OptText(2)};
+      } else {
+        into.reset();
+      }
+    }
+    SqliteStorage& s_;
+    Stmt& ready_;
+    Stmt& waiting_;
+    std::optional<LaneHead> r_, w_;
+  };
+
+  Statements& st() {
+    if (!stmts_) throw SyncError(ErrorCode::kClosed, "queue is closed");
+    return *stmts_;
+  }
+
+  void OpenFile() {
+    const sqlite::FileKind kind = sqlite::Examine(path_);
+    if (options_.read_only) {
+      if (kind != sqlite::FileKind::kQueue) {
+        throw SyncError(ErrorCode::kNotAQueue,
+                        "'" + path_ + "' is not a cpcsync queue (read-only open of " +
+                            (kind == sqlite::FileKind::kMissing ? "a missing" : "an empty") + " file)");
+      }
+      db_.Open(path_, SQLITE_OPEN_READONLY);
+      Configure();
+      const int v = sqlite::UserVersion(db_);
+      if (v != sqlite::kSchemaVersion) {
+        throw SyncError(ErrorCode::kNotAQueue,
+                        "queue file has schema version " + std::to_string(v) +
+                            "; open it read-write once to migrate it");
+      }
+      return;
+    }
+    if (kind == sqlite::FileKind::kMissing) sqlite::CreateFile0600(path_);
+    db_.Open(path_, SQLITE_OPEN_READWRITE);
+    Configure();
+    if (kind != sqlite::FileKind::kQueue && sqlite::UserVersion(db_) == 0) {
+      sqlite::CreateSchema(db_);
+    }
+    db_.Exec("PRAGMA journal_mode=WAL");
+    sqlite::Migrate(db_);
+  }
+
+  void Configure() {
+    sqlite3_busy_timeout(db_.get(), options_.busy_timeout_ms);
+    // Reading page 1 now turns a damaged header into an error at open time.
+    db_.Exec("PRAGMA cache_size=-8192; PRAGMA temp_store=MEMORY; SELECT count(*) FROM sqlite_schema");
+  }
+
+  void RequireWritable(const char* what) {
+    if (options_.read_only) {
+      throw SyncError(ErrorCode::kInvalidArgument,
+                      std::string(what) + ": the queue was opened read_only");
+    }
+  }
+
+  void SetSync(Durability d) {
+    if (d == sync_) return;
+    Use(d == Durability::kFull ? st().sync_full
+                               : d == Durability::kNormal ? st().sync_normal : st().sync_off)
+        ->Run();
+    sync_ = d;
+  }
+
+  Counters ReadCountersNow() {
+    Use s(st().read_counters);
+    if (!s->Step()) throw SyncError(ErrorCode::kCorrupt, "queue file has no counters row");
+    return Counters{s->Int(0), s->Int(1), s->Int(2), static_cast<uint64_t>(s->Int(3))};
+  }
+
+  void CommitBatch(const std::vector<Request*>& batch) {
+    std::lock_guard lock(db_mu_);
+    try {
+      Txn txn(*this, options_.durability);
+      for (Request* r : batch) {
+        if (batch.size() == 1) {
+          r->ids = InsertOps(*r->ops, *r->limits);
+          continue;
+        }
+        const Counters before = counters_;
+        Use(st().savepoint)->Run();
+        try {
+          r->ids = InsertOps(*r->ops, *r->limits);
+          Use(st().release)->Run();
+        } catch (...) {
+          r->error = std::current_exception();
+          r->ids.clear();
+          Use(st().rollback_to)->Run();
+          Use(st().release)->Run();
+          counters_ = before;
+        }
+      }
+      txn.Commit();
+    } catch (...) {
+      for (Request* r : batch) {
+        if (!r->error) r->error = std::current_exception();
+        r->ids.clear();
+      }
+    }
+  }
+
+  std::vector<int64_t> InsertOps(std::vector<StampedOp>& ops, const Limits& limits) {
+    std::vector<int64_t> ids;
+    ids.reserve(ops.size());
+    for (StampedOp& s : ops) {
+      counters_.max_hlc = std::max(counters_.max_hlc, s.hlc);
+      ids.push_back(InsertOne(s));
+      const bool over = Over(limits);
+      if (!over) continue;
+      if (limits.overflow == Overflow::kReject) {
+        throw SyncError(ErrorCode::kQueueFull,
+                        "queue is full (" + std::to_string(counters_.live_ops) + " ops, " +
+                            std::to_string(counters_.live_bytes) + " bytes; max_ops " +
+                            (limits.max_ops ? std::to_string(*limits.max_ops) : "none") +
+                            ", max_bytes " +
+                            (limits.max_bytes ? std::to_string(*limits.max_bytes) : "none") +
+                            "); nothing was stored");
+      }
+      while (Over(limits)) {
+        int64_t victim;
+        {
+          Use v(st().victim);
+          if (!v->Step()) break;
+          victim = v->Int(0);
+        }
+        DeadLetterLocked(victim, "overflow", s.now);
+      }
+    }
+    return ids;
+  }
+
+  bool Over(const Limits& limits) const {
+    return (limits.max_ops && counters_.live_ops > *limits.max_ops) ||
+           (limits.max_bytes && counters_.live_bytes > *limits.max_bytes);
+  }
+
+  int64_t InsertOne(StampedOp& s) {
+    const NewOp& op = s.op;
+    const int64_t size = static_cast<int64_t>(op.payload.size());
+    const double next_at = s.now + op.delay;
+    std::optional<double> expires;
+    if (op.ttl) expires = s.now + *op.ttl;
+    if (op.coalesce && op.key) {
+      int64_t target = 0, old_size = 0;
+      {
+        Use q(st().lane_last);
+        q->BindText(1, *op.key);
+        if (q->Step() && q->Int(2) == static_cast<int>(OpState::kPending) && q->Text(1) == op.kind) {
+          target = q->Int(0);
+          old_size = q->Int(3);
+        }
+      }
+      if (target) {
+        const bool is_head = HeadOf(*op.key) == target;
+        if (is_head) Unschedule(target);
+        Use(st().coalesce)
+            ->Bind(1, target)
+            .BindBlob(2, op.payload)
+            .Bind(3, size)
+            .Bind(4, static_cast<int64_t>(s.hlc))
+            .Bind(5, op.priority)
+            .BindText(6, s.idempotency_key)
+            .Bind(7, next_at)
+            .Bind(8, expires)
+            .Run();
+        counters_.live_bytes += size - old_size;
+        if (is_head) {
+          Schedule(target, op.key, op.priority, next_at, s.now);
+        } else {
+          Bump(HeadOf(*op.key).value(), op.priority);
+        }
+        return target;
+      }
+    }
+    Use(st().insert)
+        ->BindText(1, op.kind)
+        .Bind(2, op.key)
+        .BindBlob(3, op.payload)
+        .Bind(4, size)
+        .Bind(5, op.priority)
+        .BindText(6, s.idempotency_key)
+        .Bind(7, static_cast<int64_t>(s.hlc))
+        .Bind(8, s.now)
+        .Bind(9, next_at)
+        .Bind(10, expires)
+        .BindNull(11)
+        .Run();
+    const int64_t id = db_.LastInsertId();
+    counters_.live_ops += 1;
+    counters_.live_bytes += size;
+    Placed(id, op.key, op.priority, next_at, s.now);
+    return id;
+  }
+
+  // A new pending op was appended to its lane: schedule it if it heads the lane,
+  // else lift the lane head's effective priority.
+  void Placed(int64_t id, const std::optional<std::string>& key, int priority, double next_at,
+              double now) {
+    if (!key) {
+      ScheduleAt(id, priority, next_at, now);
+      return;
+    }
+    const int64_t head = HeadOf(*key).value();
+    if (head == id) {
+      ScheduleAt(id, priority, next_at, now);
+    } else {
+      Bump(head, priority);
+    }
+  }
+
+  std::optional<int64_t> HeadOf(const std::string& key) {
+    Use q(st().lane_head);
+    q->BindText(1, key);
+    if (!q->Step()) return std::nullopt;
+    return q->Int(0);
+  }
+
+  int LanePrio(const std::string& key, int fallback) {
+    Use q(st().lane_prio);
+    q->BindText(1, key);
+    q->Step();
+    return q->IsNull(0) ? fallback : static_cast<int>(q->Int(0));
+  }
+
+  void ScheduleAt(int64_t id, int prio, double next_at, double now) {
+    if (next_at <= now) {
+      Use(st().ready_add)->Bind(1, id).Bind(2, prio).Run();
+    } else {
+      Use(st().waiting_add)->Bind(1, id).Bind(2, prio).Bind(3, next_at).Run();
+    }
+  }
+
+  // Schedules a pending lane head with its lane's effective priority.
+  void Schedule(int64_t id, const std::optional<std::string>& key, int priority, double next_at,
+                double now) {
+    ScheduleAt(id, key ? LanePrio(*key, priority) : priority, next_at, now);
+  }
+
+  bool Unschedule(int64_t id) {
+    Use(st().ready_del)->Bind(1, id).Run();
+    if (db_.Changes() > 0) return true;
+    Use(st().waiting_del)->Bind(1, id).Run();
+    return db_.Changes() > 0;
+  }
+
+  void Bump(int64_t head, int prio) {
+    Use(st().ready_bump)->Bind(1, head).Bind(2, prio).Run();
+    Use(st().waiting_bump)->Bind(1, head).Bind(2, prio).Run();
+  }
+
+  void RefreshLanePrio(const std::string& key) {
+    auto head = HeadOf(key);
+    if (!head) return;
+    const int prio = LanePrio(key, 0);
+    Use(st().ready_set)->Bind(1, *head).Bind(2, prio).Run();
+    Use(st().waiting_set)->Bind(1, *head).Bind(2, prio).Run();
+  }
+
+  void AdvanceLane(const std::string& key, double now) {
+    auto head = HeadOf(key);
+    if (!head) return;
+    Brief b = *GetBrief(*head);
+    if (b.state == OpState::kPending) Schedule(*head, b.key, b.priority, b.next_attempt_at, now);
+  }
+
+  std::optional<Brief> GetBrief(int64_t id) {
+    Use q(st().brief);
+    q->Bind(1, id);
+    if (!q->Step()) return std::nullopt;
+    return Brief{q->OptText(0), static_cast<OpState>(q->Int(1)), q->Int(2),
+                 static_cast<int>(q->Int(3)), q->Real(4)};
+  }
+
+  Brief RequireState(int64_t id, OpState state, const char* what) {
+    auto b = GetBrief(id);
+    if (!b || b->state != state) {
+      throw SyncError(ErrorCode::kOperationState, std::string(what) + ": operation " +
+                                                      std::to_string(id) + " is not " +
+                                                      OpStateName(state));
+    }
+    return *b;
+  }
+
+  std::optional<Operation> LoadLocked(int64_t id) {
+    Use q(st().load);
+    q->Bind(1, id);
+    if (!q->Step()) return std::nullopt;
+    return ReadOp(*q);
+  }
+
+  void DeadLetterLocked(int64_t id, const std::string& reason, double now) {
+    Brief b = *GetBrief(id);
+    const bool was_head = b.state == OpState::kInFlight || Unschedule(id);
+    Use(st().bury)->Bind(1, id).BindText(2, reason).Bind(3, now).Run();
+    counters_.live_ops -= 1;
+    counters_.live_bytes -= b.size;
+    counters_.dead_ops += 1;
+    if (!b.key) return;
+    if (was_head) {
+      AdvanceLane(*b.key, now);
+    } else {
+      RefreshLanePrio(*b.key);
+    }
+  }
+
+  int64_t ResetInFlightLocked(double now) {
+    std::vector<std::tuple<int64_t, std::optional<std::string>, int>> leased;
+    {
+      Use q(st().in_flight);
+      while (q->Step()) leased.emplace_back(q->Int(0), q->OptText(1), static_cast<int>(q->Int(2)));
+    }
+    for (auto& [id, key, prio] : leased) {
+      Use(st().unlease)->Bind(1, id).Run();
+      // Leased ops were due when taken, so they are ready at once.
+      ScheduleAt(id, key ? LanePrio(*key, prio) : prio, -std::numeric_limits<double>::infinity(), now);
+    }
+    return static_cast<int64_t>(leased.size());
+  }
+
+  std::string path_;
+  SqliteOptions options_;
+  std::mutex db_mu_;  // guards the connection and everything below
+  Db db_;
+  std::unique_ptr<Statements> stmts_;
+  std::optional<Durability> sync_;
+  Counters counters_;
+  std::unique_ptr<sqlite::ConsumerLock> consumer_;
+  std::unique_ptr<sqlite::Notifier> notifier_;
+
+  std::mutex gc_mu_;  // group commit: requests waiting for a leader
+  std::condition_variable gc_cv_;
+  std::vector<Request*> gc_pending_;
+  bool gc_leader_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<QueueStorage> OpenSqliteStorage(const std::string& path,
+                                                const SqliteOptions& options) {
+  return std::make_unique<SqliteStorage>(path, options);
+}
+
+void CreateSqliteQueueAtVersion(const std::string& path, int version) {
+  if (version < 1 || version > sqlite::kSchemaVersion) ThrowInvalid("no such schema version");
+  if (sqlite::Examine(path) != sqlite::FileKind::kMissing) ThrowInvalid("file exists: " + path);
+  sqlite::CreateFile0600(path);
+  sqlite::Db db;
+  db.Open(path, SQLITE_OPEN_READWRITE);
+  sqlite::CreateSchema(db, version);
+  db.Exec("PRAGMA journal_mode=WAL");
+}
+
+}  // namespace cpcsync
