@@ -33,12 +33,14 @@ that are due, and only when the result fits the capacity limits
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import shutil
 import tempfile
 import uuid
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import hypothesis.strategies as st
 from hypothesis import HealthCheck, settings
@@ -124,7 +126,7 @@ def _is_uuid4(text: object) -> bool:
 def _outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
     try:
         return ("ok", fn())
-    except Exception as exc:  # noqa: BLE001 - compared below
+    except Exception as exc:
         return ("err", exc)
 
 
@@ -135,7 +137,9 @@ def _check_known_fields(where: str, got: Any, want: ModelOp) -> None:
     if want.idempotency_key is not None:
         assert got.idempotency_key == want.idempotency_key, f"{where}: op {want.id} idempotency_key"
     else:
-        assert _is_uuid4(got.idempotency_key), f"{where}: op {want.id} generated key {got.idempotency_key!r}"
+        assert _is_uuid4(got.idempotency_key), (
+            f"{where}: op {want.id} generated key {got.idempotency_key!r}"
+        )
     if want.created_known:
         assert got.created_at == want.created_at, f"{where}: op {want.id} created_at"
     if want.next_attempt_known and want.state == PENDING:
@@ -144,7 +148,7 @@ def _check_known_fields(where: str, got: Any, want: ModelOp) -> None:
 
 def _compare_ops(where: str, got: list[Any], want: list[ModelOp]) -> None:
     assert [op_view(o) for o in got] == [o.view() for o in want], where
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         _check_known_fields(where, g, w)
 
 
@@ -153,12 +157,12 @@ class QueueMachine(RuleBasedStateMachine):
         super().__init__()
         self.tmpdir = tempfile.mkdtemp(prefix="cpcsync-model-")
         self.path = os.path.join(self.tmpdir, "outbox.db")
-        self.model: Optional[QueueModel] = None
+        self.model: QueueModel | None = None
         self.mem: Any = None
         self.sql: Any = None
         self.config: dict[str, Any] = {}
         # last_error of the memory queue's in-flight ops, as take() returned them
-        self.mem_in_flight_error: dict[int, Optional[str]] = {}
+        self.mem_in_flight_error: dict[int, str | None] = {}
 
     # ------------------------------------------------------------ helpers
     def queues(self) -> list[tuple[str, Any]]:
@@ -167,7 +171,9 @@ class QueueMachine(RuleBasedStateMachine):
     def _open_sql(self) -> Any:
         return cs.SyncQueue.open(self.path, durability="normal", clock=self.vc_sql, **self.config)
 
-    def run(self, name: str, model_fn: Callable[[QueueModel], Any], impl_fn: Callable[[Any], Any]) -> list[Any]:
+    def run(
+        self, name: str, model_fn: Callable[[QueueModel], Any], impl_fn: Callable[[Any], Any]
+    ) -> list[Any]:
         """Runs one call on the model and both queues; the outcomes must agree.
 
         Returns the C++ queues' results ([memory, sqlite]) when the model succeeded.
@@ -178,20 +184,24 @@ class QueueMachine(RuleBasedStateMachine):
             raise expected  # a bug in the test itself
         results = []
         for qname, q in self.queues():
-            got_kind, got = _outcome(lambda: impl_fn(q))
+            got_kind, got = _outcome(functools.partial(impl_fn, q))
             if kind == "err":
                 want_cls = ERROR_MAP[type(expected)]
                 assert got_kind == "err", (
-                    f"{name} on {qname}: expected {want_cls.__name__} ({expected}), got result {got!r}"
+                    f"{name} on {qname}: expected {want_cls.__name__} ({expected}), got {got!r}"
                 )
                 assert isinstance(got, want_cls), (
                     f"{name} on {qname}: expected {want_cls.__name__} ({expected}), got {got!r}"
                 )
                 if want_cls is not TypeError:
-                    assert isinstance(got, cs.SyncError), f"{name} on {qname}: {got!r} is not a SyncError"
+                    assert isinstance(got, cs.SyncError), (
+                        f"{name} on {qname}: {got!r} is not a SyncError"
+                    )
             else:
                 if got_kind == "err":
-                    raise AssertionError(f"{name} on {qname}: expected {expected!r}, raised {got!r}") from got
+                    raise AssertionError(
+                        f"{name} on {qname}: expected {expected!r}, raised {got!r}"
+                    ) from got
                 results.append(got)
         if kind == "ok":
             self.expected_result = expected
@@ -204,7 +214,9 @@ class QueueMachine(RuleBasedStateMachine):
             st.tuples(KINDS, KEYS, PRIORITIES, st.binary(max_size=6), DELAYS), max_size=6
         ),
     )
-    def setup(self, config: dict[str, Any], initial: list[tuple[str, Optional[str], int, bytes, float]]) -> None:
+    def setup(
+        self, config: dict[str, Any], initial: list[tuple[str, str | None, int, bytes, float]]
+    ) -> None:
         self.config = dict(config)
         self.vc_mem = cs.VirtualClock(start=START)
         self.vc_sql = cs.VirtualClock(start=START)
@@ -255,13 +267,13 @@ class QueueMachine(RuleBasedStateMachine):
     def enqueue(
         self,
         kind: str,
-        key: Optional[str],
+        key: str | None,
         priority: int,
         payload: Any,
         delay: float,
-        ttl: Optional[float],
+        ttl: float | None,
         coalesce: bool,
-        idem: Optional[str],
+        idem: str | None,
     ) -> None:
         assert self.model is not None
         coalesce = coalesce and key is not None
@@ -279,7 +291,9 @@ class QueueMachine(RuleBasedStateMachine):
             lambda q: q.enqueue(kind, payload, **kwargs),
         )
         for got in results:
-            assert got == self.expected_result, f"enqueue returned id {got}, model {self.expected_result}"
+            assert got == self.expected_result, (
+                f"enqueue returned id {got}, model {self.expected_result}"
+            )
 
     # Rare steps share one rule, so they do not crowd out enqueue/take/ack.
     @precondition(lambda self: self.model is not None)
@@ -316,7 +330,7 @@ class QueueMachine(RuleBasedStateMachine):
         bad_at=st.one_of(st.none(), st.integers(0, 3)),
     )
     def enqueue_many(
-        self, items: list[dict[str, Any]], coalesce_last: bool, bad_at: Optional[int]
+        self, items: list[dict[str, Any]], coalesce_last: bool, bad_at: int | None
     ) -> None:
         items = [dict(i) for i in items]
         if coalesce_last and items and items[-1].get("key") is not None:
@@ -336,7 +350,7 @@ class QueueMachine(RuleBasedStateMachine):
     def take(self, n: int) -> None:
         results = self.run("take", lambda m: m.take(n), lambda q: q.take(n))
         want: list[ModelOp] = self.expected_result
-        for (qname, _), got in zip(self.queues(), results):
+        for (qname, _), got in zip(self.queues(), results, strict=True):
             _compare_ops(f"take({n}) on {qname}", got, want)
         for op in results[0]:
             self.mem_in_flight_error[op.id] = op.last_error
@@ -344,7 +358,7 @@ class QueueMachine(RuleBasedStateMachine):
     def _pick_id(self, data: st.DataObject, *states: str) -> int:
         assert self.model is not None
         preferred = self.model.ids(*states)
-        anything = self.model.ids() + [0, self.model.next_id, self.model.next_id + 7]
+        anything = [*self.model.ids(), 0, self.model.next_id, self.model.next_id + 7]
         if preferred and data.draw(st.integers(0, 4), label="valid?") > 0:
             return data.draw(st.sampled_from(preferred), label="id")
         return data.draw(st.sampled_from(anything), label="any id")
@@ -354,13 +368,15 @@ class QueueMachine(RuleBasedStateMachine):
     def take_and_ack(self, n: int) -> None:
         """One delivery cycle: take(n), then ack every op taken."""
         self.take(n)
-        for op in list(self.expected_result):
-            self.run(f"ack({op.id})", lambda m: m.ack(op.id), lambda q: q.ack(op.id))
+        for op_id in [op.id for op in self.expected_result]:
+            self.ack_id(op_id)
 
     @precondition(lambda self: self.model is not None)
     @rule(data=st.data())
     def ack(self, data: st.DataObject) -> None:
-        op_id = self._pick_id(data, IN_FLIGHT)
+        self.ack_id(self._pick_id(data, IN_FLIGHT))
+
+    def ack_id(self, op_id: int) -> None:
         self.run(f"ack({op_id})", lambda m: m.ack(op_id), lambda q: q.ack(op_id))
 
     # A failed delivery: retried (4 in 5) or dead-lettered (1 in 5).
@@ -373,14 +389,14 @@ class QueueMachine(RuleBasedStateMachine):
         dead=st.sampled_from([False, False, False, False, True]),
     )
     def fail(
-        self, data: st.DataObject, delay: float, error: Optional[str], reason: str, dead: bool
+        self, data: st.DataObject, delay: float, error: str | None, reason: str, dead: bool
     ) -> None:
         if dead:
             self.dead_letter(data, reason)
         else:
             self.retry(data, delay, error)
 
-    def retry(self, data: st.DataObject, delay: float, error: Optional[str]) -> None:
+    def retry(self, data: st.DataObject, delay: float, error: str | None) -> None:
         assert self.model is not None
         if not (math.isfinite(delay) and delay >= 0):
             in_flight = self.model.ids(IN_FLIGHT)
@@ -410,7 +426,7 @@ class QueueMachine(RuleBasedStateMachine):
         if everything:
             if not self.model.requeue_is_unambiguous(None):
                 return
-            ids: Optional[list[int]] = None
+            ids: list[int] | None = None
         else:
             dead = self.model.ids(DEAD)
             ids = sorted(data.draw(st.sets(st.sampled_from(dead), min_size=1)))

@@ -172,7 +172,8 @@ void InitLog(py::module_& m) {
         "Stop the log dispatcher thread (registered with atexit).");
   m.def("_log", [](const std::string& level, const std::string& text) {
     Log().log(ParseLevel(level), "{}", text);
-  }, py::call_guard<py::gil_scoped_release>(), "Log a message through the C++ logger (tests).");
+  }, py::arg("level"), py::arg("text"), py::call_guard<py::gil_scoped_release>(),
+        "Log a message through the C++ logger (tests).");
 }
 
 }  // namespace cpcsync::py_bindings

@@ -49,8 +49,9 @@ void VirtualClock::AdvanceTo(double t) {
     // waiter may read Now() while we notify it.
     std::erase_if(waiters_, [&](const std::weak_ptr<Waiter>& w) {
       auto s = w.lock();
-      if (s) live.push_back(std::move(s));
-      return !s;
+      if (!s) return true;
+      live.push_back(std::move(s));
+      return false;
     });
   }
   for (auto& w : live) w->Tick();

@@ -150,7 +150,10 @@ class SqliteStorage final : public QueueStorage {
       : path_(path), options_(options) {
     OpenFile();
     stmts_ = std::make_unique<Statements>(db_.get());
-    if (!options_.read_only) notifier_ = std::make_unique<sqlite::Notifier>(sqlite::NotifyName(path_));
+    if (!options_.read_only) {
+      notifier_ = std::make_unique<sqlite::Notifier>(sqlite::NotifyName(path_));
+      RecoverOrphanedLeases();
+    }
   }
 
   ~SqliteStorage() override {
@@ -406,6 +409,28 @@ class SqliteStorage final : public QueueStorage {
     txn.Commit();
     if (n > 0) Log().info("queue '{}': {} in-flight ops of a previous consumer are pending again", path_, n);
     consumer_ = std::move(lock_holder);
+  }
+
+  // If no consumer is alive, leases in the file belong to a consumer that died:
+  // make them pending now, so a reopened queue shows them as ready. Holding the
+  // consumer lock meanwhile keeps a real consumer from starting halfway.
+  void RecoverOrphanedLeases() {
+    std::lock_guard lock(db_mu_);
+    {
+      Use q(st().count_in_flight);
+      if (!q->Step() || q->Int(0) == 0) return;
+    }
+    std::unique_ptr<sqlite::ConsumerLock> probe;
+    try {
+      probe = std::make_unique<sqlite::ConsumerLock>(sqlite::NotifyName(path_), [] {});
+    } catch (const SyncError& e) {
+      if (e.code() == ErrorCode::kQueueLocked) return;  // a live consumer owns its leases
+      throw;
+    }
+    Txn txn(*this, Durability::kNormal);
+    const int64_t n = ResetInFlightLocked(0);
+    txn.Commit();
+    if (n > 0) Log().info("queue '{}': {} in-flight ops of a dead consumer are pending again", path_, n);
   }
 
   void Close() override {

@@ -1,0 +1,313 @@
+"""
+cpcsync's C++ core (private: import cpcsync instead).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import os
+import types
+import typing
+
+Payload: typing.TypeAlias = bytes | bytearray | memoryview | str | typing.Any
+__all__: list[str] = [
+    "Clock",
+    "Operation",
+    "SyncQueue",
+    "SystemClock",
+    "VirtualClock",
+    "flush_logs",
+    "set_log_level",
+]
+
+class Clock:
+    """
+    Base class of cpcsync's clocks: the only source of time for queues, monitors and
+    engines. Use SystemClock (the default) or VirtualClock in tests.
+    """
+    def now(self) -> float:
+        """
+        Seconds since the clock's epoch (Unix epoch for SystemClock).
+        """
+    @property
+    def is_virtual(self) -> bool:
+        """
+        True when time moves only by advance().
+        """
+
+class SystemClock(Clock):
+    """
+    The real wall clock.
+    """
+    def __init__(self) -> None: ...
+
+class VirtualClock(Clock):
+    """
+    A clock that moves only when advance() is called. Anything waiting on it (queue
+    waits, retries, probes) wakes as soon as virtual time passes its deadline, so a test
+    runs hours of retries in milliseconds, deterministically.
+    """
+    def __init__(self, start: float = 0.0) -> None: ...
+    def __repr__(self) -> str: ...
+    def advance(self, seconds: float) -> None:
+        """
+        Move time forward by `seconds` (finite, >= 0) and wake whatever waits on it.
+        """
+    def advance_to(self, t: float) -> None:
+        """
+        Move time to `t` if it is later than now.
+        """
+
+class Operation:
+    """
+    One queued operation, as a snapshot (it does not change when the queue does).
+    Attributes: id, kind, key, payload (bytes), priority, idempotency_key, hlc,
+    created_at, attempts, next_attempt_at, last_error, state ("pending", "in_flight"
+    or "dead"), expires_at, base_version.
+    """
+    def __repr__(self) -> str: ...
+    def json(self) -> typing.Any:
+        """
+        Decode the payload as JSON.
+        """
+    def to_dict(self) -> dict[str, typing.Any]:
+        """
+        All attributes as a dict (payload as bytes).
+        """
+    @property
+    def attempts(self) -> int:
+        """
+        Times it has been taken for delivery.
+        """
+    @property
+    def base_version(self) -> int | None:
+        """
+        The remote version a conflict resolution resends it against, or None.
+        """
+    @property
+    def created_at(self) -> float:
+        """
+        Enqueue time on the queue's clock.
+        """
+    @property
+    def expires_at(self) -> float | None:
+        """
+        TTL deadline, or None.
+        """
+    @property
+    def first_attempt_at(self) -> float | None:
+        """
+        When it was first taken, or None.
+        """
+    @property
+    def hlc(self) -> int:
+        """
+        Hybrid logical timestamp: ms in the high 48 bits, counter in the low 16.
+        """
+    @property
+    def id(self) -> int:
+        """
+        Queue-assigned id, increasing in enqueue order.
+        """
+    @property
+    def idempotency_key(self) -> str:
+        """
+        Key a server uses to apply the operation once.
+        """
+    @property
+    def key(self) -> str | None:
+        """
+        The entity it applies to (ordering lane), or None.
+        """
+    @property
+    def kind(self) -> str:
+        """
+        What the operation does, e.g. 'set_currency'.
+        """
+    @property
+    def last_error(self) -> str | None:
+        """
+        The last failure or dead-letter reason, or None.
+        """
+    @property
+    def next_attempt_at(self) -> float:
+        """
+        Not deliverable before this time (queue clock).
+        """
+    @property
+    def payload(self) -> bytes:
+        """
+        The payload bytes.
+        """
+    @property
+    def priority(self) -> int:
+        """
+        0..255; higher is delivered first.
+        """
+    @property
+    def state(self) -> str:
+        """
+        'pending', 'in_flight' or 'dead'.
+        """
+
+class SyncQueue:
+    """
+    A durable, prioritised outbox. Open one with SyncQueue.open(path) (an SQLite file
+    many processes may share) or SyncQueue.in_memory(). Semantics: per-key order,
+    priority (with inheritance) then FIFO across keys, delays, TTLs, capacity limits,
+    dead letters. A context manager: leaving the block closes it.
+    """
+    @staticmethod
+    def in_memory(
+        *,
+        max_ops: int | None = None,
+        max_bytes: int | None = None,
+        overflow: typing.Literal["reject", "drop_lowest"] = "reject",
+        clock: Clock | None = None,
+    ) -> SyncQueue:
+        """
+        A queue in process memory with the same semantics; nothing survives the process.
+        """
+    @staticmethod
+    def open(
+        path: str | os.PathLike[str],
+        *,
+        durability: typing.Literal["full", "normal", "off"] = "full",
+        max_ops: int | None = None,
+        max_bytes: int | None = None,
+        overflow: typing.Literal["reject", "drop_lowest"] = "reject",
+        clock: Clock | None = None,
+        read_only: bool = False,
+    ) -> SyncQueue:
+        """
+        Open (or create, mode 0600) the queue file at `path`.
+
+        durability: "full" (survives power loss), "normal" (survives a process crash) or
+        "off". max_ops / max_bytes bound pending + in-flight ops; overflow "reject" raises
+        QueueFullError, "drop_lowest" dead-letters the lowest-priority newest op.
+        read_only=True opens for inspection only. Raises NotAQueueError for a foreign
+        file and CorruptDatabaseError for a damaged one, without modifying either.
+        """
+    def __enter__(self) -> SyncQueue: ...
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: types.TracebackType | None,
+    ) -> bool: ...
+    def __len__(self) -> int: ...
+    def __repr__(self) -> str: ...
+    def ack(self, op_id: int) -> None:
+        """
+        Delivered: remove the in-flight operation.
+        """
+    def acquire_consumer(self) -> None:
+        """
+        Become the queue's consumer now (QueueLockedError if another handle is).
+        """
+    def close(self) -> None:
+        """
+        Close the queue; in-flight ops become pending again. Idempotent.
+        """
+    def dead_letter(self, op_id: int, reason: str) -> None:
+        """
+        Give up on a pending or in-flight op: it moves to the dead letters with `reason`.
+        """
+    def dead_letters(self, limit: int | None = None) -> list[Operation]:
+        """
+        Dead-lettered operations, oldest first.
+        """
+    def enqueue(
+        self,
+        kind: str,
+        payload: Payload = b"",
+        *,
+        key: str | None = None,
+        priority: int = 50,
+        idempotency_key: str | None = None,
+        coalesce: bool = False,
+        ttl: float | None = None,
+        delay: float = 0.0,
+    ) -> int:
+        """
+        Store one operation and return its id once it is durable.
+
+        payload: bytes, str (UTF-8) or anything json.dumps accepts. key: the entity
+        (operations of one key are delivered in order). priority: 0..255 (Priority.*).
+        idempotency_key: generated (UUID4) when None. coalesce=True replaces the key's
+        last pending op of the same kind instead of appending. ttl: seconds until it
+        expires into the dead letters. delay: seconds before it may be delivered.
+        """
+    def enqueue_many(
+        self, items: collections.abc.Iterable[collections.abc.Mapping[str, typing.Any]]
+    ) -> list[int]:
+        """
+        Store many operations (dicts with enqueue's argument names) in one transaction: all or none. Returns their ids.
+        """
+    def get(self, op_id: int) -> Operation | None:
+        """
+        The operation with this id (any state), or None.
+        """
+    def peek(self, n: int = 10) -> list[Operation]:
+        """
+        Up to n pending ops in the order take() would deliver them if all were due. Takes nothing.
+        """
+    def purge_dead(self) -> int:
+        """
+        Delete every dead letter; returns how many.
+        """
+    def requeue_dead(self, ids: collections.abc.Sequence[int] | None = None) -> list[int]:
+        """
+        Put dead ops (the given ids, or all) back at the tail of their keys under new ids; returns the new ids.
+        """
+    def retry(self, op_id: int, delay: float = 0.0, error: str | None = None) -> None:
+        """
+        Failed for now: the in-flight op is pending again, due after `delay` seconds.
+        """
+    def stats(self) -> dict[str, typing.Any]:
+        """
+        Counts: pending, in_flight, dead, total, bytes, by_priority (pending per priority), oldest_pending_age (seconds) and next_due_in (seconds until a delayed op is due).
+        """
+    def take(self, n: int = 1) -> list[Operation]:
+        """
+        Lease up to n deliverable operations (marks them in flight). The first consumer call makes this handle the queue's consumer (QueueLockedError if another is).
+        """
+    def wait(self, timeout: float | None = None) -> bool:
+        """
+        Block (GIL released) until an op is deliverable or `timeout` seconds pass on the queue's clock. Wakes on enqueues, also from other processes. True if one is ready.
+        """
+    @property
+    def clock(self) -> Clock:
+        """
+        The queue's clock.
+        """
+    @property
+    def closed(self) -> bool:
+        """
+        True once close() was called.
+        """
+    @property
+    def path(self) -> str | None:
+        """
+        The queue file, or None for an in-memory queue.
+        """
+
+def _log(level: str, text: str) -> None:
+    """
+    Log a message through the C++ logger (tests).
+    """
+
+def _stop_log_bridge() -> None:
+    """
+    Stop the log dispatcher thread (registered with atexit).
+    """
+
+def flush_logs() -> None:
+    """
+    Block until every record logged so far has reached Python's logging.
+    """
+
+def set_log_level(level: str) -> None:
+    """
+    Set the level of cpcsync's C++ logging: trace, debug, info, warning, error, critical or off (default warning). Records go to the Python logger 'cpcsync'.
+    """

@@ -1,0 +1,179 @@
+// What only the SQLite storage does: files, schema, consumers, durability.
+#include <gtest/gtest.h>
+#include <sqlite3.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <thread>
+
+#include "cpcsync/errors.h"
+#include "cpcsync/sync_queue.h"
+
+namespace cpcsync {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string Fresh(const std::string& name) {
+  const fs::path dir = fs::temp_directory_path() / ("cpcsync-sq-" + std::to_string(::getpid()));
+  fs::create_directories(dir);
+  const std::string p = (dir / name).string();
+  for (const char* s : {"", "-wal", "-shm"}) fs::remove(p + s);
+  return p;
+}
+
+NewOp Op(const std::string& kind = "k") {
+  NewOp op;
+  op.kind = kind;
+  op.payload = "payload";
+  return op;
+}
+
+ErrorCode CodeOf(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const SyncError& e) {
+    return e.code();
+  }
+  ADD_FAILURE() << "no SyncError";
+  return ErrorCode::kStorage;
+}
+
+TEST(SqliteStorage, FileIsCreated0600AndPersists) {
+  const std::string path = Fresh("persist.db");
+  {
+    auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+    q->Enqueue(Op());
+    q->Enqueue(Op());
+  }
+  struct stat st {};
+  ASSERT_EQ(::stat(path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  EXPECT_EQ(q->Count(), 2);
+}
+
+TEST(SqliteStorage, InFlightOpsReturnOnReopen) {
+  const std::string path = Fresh("inflight.db");
+  {
+    auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+    q->Enqueue(Op());
+    ASSERT_EQ(q->Take(1).size(), 1u);
+    // Leaked without Close(): simulate a consumer that died (its lock is freed
+    // by destruction, its lease stays in the file).
+  }
+  auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  auto ops = q->Take(1);
+  ASSERT_EQ(ops.size(), 1u);
+  EXPECT_EQ(ops[0].attempts, 2);
+}
+
+TEST(SqliteStorage, SecondConsumerIsLocked) {
+  const std::string path = Fresh("locked.db");
+  auto a = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  auto b = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  a->Enqueue(Op());
+  b->Enqueue(Op());  // producers are fine
+  a->Take(1);
+  EXPECT_EQ(CodeOf([&] { b->Take(1); }), ErrorCode::kQueueLocked);
+  a->Close();
+  EXPECT_EQ(b->Take(5).size(), 2u);  // the lease of the closed consumer came back
+}
+
+TEST(SqliteStorage, ForeignFilesAreRefusedUntouched) {
+  const std::string text = Fresh("text.db");
+  { std::ofstream(text) << std::string(500, 'x'); }
+  EXPECT_EQ(CodeOf([&] { SyncQueue::Open(text, SqliteOptions{}, Limits{}, nullptr); }),
+            ErrorCode::kNotAQueue);
+  EXPECT_EQ(fs::file_size(text), 500u);
+  EXPECT_FALSE(fs::exists(text + "-wal"));
+
+  const std::string other = Fresh("other.db");
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(other.c_str(), &db), SQLITE_OK);
+  sqlite3_exec(db, "CREATE TABLE t(x)", nullptr, nullptr, nullptr);
+  sqlite3_close(db);
+  const auto size = fs::file_size(other);
+  EXPECT_EQ(CodeOf([&] { SyncQueue::Open(other, SqliteOptions{}, Limits{}, nullptr); }),
+            ErrorCode::kNotAQueue);
+  EXPECT_EQ(fs::file_size(other), size);
+
+  EXPECT_EQ(CodeOf([&] {
+              SyncQueue::Open(fs::temp_directory_path().string(), SqliteOptions{}, Limits{},
+                              nullptr);
+            }),
+            ErrorCode::kStorage);
+}
+
+TEST(SqliteStorage, MigratesOlderSchemaForward) {
+  const std::string path = Fresh("v1.db");
+  CreateSqliteQueueAtVersion(path, 1);
+  auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  q->Enqueue(Op());
+  q->Close();
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  sqlite3_stmt* st = nullptr;
+  sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
+  ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 2);
+  sqlite3_finalize(st);
+  sqlite3_close(db);
+}
+
+TEST(SqliteStorage, ReadOnlyInspectsWhileConsumed) {
+  const std::string path = Fresh("ro.db");
+  auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  q->Enqueue(Op());
+  q->Enqueue(Op());
+  q->Take(1);
+  SqliteOptions ro;
+  ro.read_only = true;
+  auto view = SyncQueue::Open(path, ro, Limits{}, nullptr);
+  EXPECT_EQ(view->Count(), 2);
+  EXPECT_EQ(view->Stats().in_flight, 1);
+  EXPECT_EQ(CodeOf([&] { view->Enqueue(Op()); }), ErrorCode::kInvalidArgument);
+}
+
+TEST(SqliteStorage, GroupCommitKeepsEveryEnqueue) {
+  const std::string path = Fresh("group.db");
+  auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 50; ++i) q->Enqueue(Op());
+    });
+  }
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(q->Count(), 200);
+  std::set<int64_t> ids;
+  for (auto& op : q->Take(1000)) ids.insert(op.id);
+  EXPECT_EQ(ids.size(), 200u);
+}
+
+TEST(SqliteStorage, RejectedBatchStoresNothingAndOthersInTheGroupSurvive) {
+  const std::string path = Fresh("batch.db");
+  auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{3, std::nullopt, Overflow::kReject},
+                           nullptr);
+  std::vector<NewOp> four(4, Op());
+  EXPECT_EQ(CodeOf([&] { q->EnqueueMany(four); }), ErrorCode::kQueueFull);
+  EXPECT_EQ(q->Count(), 0);
+  std::vector<NewOp> three(3, Op());
+  EXPECT_EQ(q->EnqueueMany(three).size(), 3u);
+}
+
+TEST(SqliteStorage, WaitWakesOnAnotherHandlesEnqueue) {
+  const std::string path = Fresh("wake.db");
+  auto consumer = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  auto producer = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  consumer->AcquireConsumer();
+  std::thread t([&] { producer->Enqueue(Op()); });
+  EXPECT_TRUE(consumer->Wait(30.0));
+  t.join();
+  EXPECT_EQ(consumer->Take(1).size(), 1u);
+}
+
+}  // namespace
+}  // namespace cpcsync
