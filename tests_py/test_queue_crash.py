@@ -64,34 +64,40 @@ def parse(lines: list[str]) -> ChildLog:
 
 
 def run_and_kill(path: Path, durability: str, seed: int, kill_after: int) -> list[str]:
-    """Runs the child until it has printed ``kill_after`` lines, SIGKILLs it, returns all lines."""
-    proc = subprocess.Popen(
+    """Runs the child until it has printed ``kill_after`` lines, SIGKILLs it, returns all lines.
+
+    Every line the child wrote before it died is returned, including those it wrote
+    between our read of line ``kill_after`` and the kill: they are read from the
+    same buffered stream (``communicate`` would bypass its read-ahead buffer).
+    """
+    with subprocess.Popen(
         [sys.executable, str(CHILD), str(path), durability, str(seed)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-    )
-    watchdog = threading.Timer(60.0, proc.kill)  # a safety net against a hung child only
-    watchdog.start()
-    lines: list[str] = []
-    try:
-        assert proc.stdout is not None
-        while len(lines) < kill_after:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-        proc.send_signal(signal.SIGKILL)
-        rest, err = proc.communicate(timeout=30)
-    finally:
-        watchdog.cancel()
-        watchdog.join()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
-    assert len(lines) == kill_after, f"the child stopped early: {err}"
+    ) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        watchdog = threading.Timer(60.0, proc.kill)  # a safety net against a hung child only
+        watchdog.start()
+        try:
+            lines: list[str] = []
+            while len(lines) < kill_after:
+                line = proc.stdout.readline()
+                if not line:
+                    break
+                lines.append(line)
+            proc.send_signal(signal.SIGKILL)
+            lines += proc.stdout.readlines()  # up to EOF: the child is dead
+            err = proc.stderr.read()
+            proc.wait(timeout=30)
+        finally:
+            watchdog.cancel()
+            watchdog.join()
+            if proc.poll() is None:
+                proc.kill()
+    assert len(lines) >= kill_after, f"the child stopped early: {err}"
     assert proc.returncode == -signal.SIGKILL, f"child exited with {proc.returncode}: {err}"
-    return lines + rest.splitlines(keepends=True)
+    return lines
 
 
 def integrity_check(path: Path) -> list[tuple[str, ...]]:

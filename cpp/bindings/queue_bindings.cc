@@ -85,11 +85,15 @@ NewOp OpFromMapping(py::handle item) {
     for (const char* name : kKnown) known = known || py::str(k).cast<std::string>() == name;
     if (!known) ThrowInvalid("enqueue_many: unknown field '" + py::str(k).cast<std::string>() + "'");
   }
-  if (!d.contains("kind")) ThrowInvalid("enqueue_many: every item needs a 'kind'");
+  for (const char* required : {"kind", "payload"}) {
+    if (!d.contains(required)) {
+      ThrowInvalid(std::string("enqueue_many: every item needs a '") + required + "'");
+    }
+  }
   auto get = [&](const char* name, py::object fallback) -> py::object {
     return d.contains(name) ? py::object(d[name]) : fallback;
   };
-  return MakeOp(d["kind"], get("payload", py::bytes()), get("key", py::none()),
+  return MakeOp(d["kind"], d["payload"], get("key", py::none()),
                 get("priority", py::int_(priority::kMedium)), get("idempotency_key", py::none()),
                 get("coalesce", py::bool_(false)), get("ttl", py::none()),
                 get("delay", py::float_(0.0)));
@@ -233,7 +237,7 @@ file and CorruptDatabaseError for a damaged one, without modifying either.)doc")
             MaybeRelease release(q);
             return q.Enqueue(std::move(op));
           },
-          py::arg("kind"), py::arg("payload") = py::bytes(), py::kw_only(),
+          py::arg("kind"), py::arg("payload"), py::kw_only(),
           py::arg("key") = py::none(), py::arg("priority") = priority::kMedium,
           py::arg("idempotency_key") = py::none(), py::arg("coalesce") = false,
           py::arg("ttl") = py::none(), py::arg("delay") = 0.0,

@@ -17,10 +17,10 @@ bool Better(const LaneHead& a, const LaneHead& b) { return Worse{}(b, a); }
 
 }  // namespace
 
-std::vector<Operation> MergeLanes(LaneSource& source, size_t n, double now) {
+std::vector<Operation> MergeLanes(LaneSource& source, size_t n) {
   std::vector<Operation> out;
   std::priority_queue<LaneHead, std::vector<LaneHead>, Worse> active;
-  for (auto& lane : source.InFlightLanes()) active.push(std::move(lane));
+  for (auto& lane : source.ExtraLanes()) active.push(std::move(lane));
   std::optional<LaneHead> upcoming = source.NextLane();
 
   while (out.size() < n) {
@@ -34,8 +34,7 @@ std::vector<Operation> MergeLanes(LaneSource& source, size_t n, double now) {
     } else {
       break;
     }
-    Operation op = source.Load(pick.id);
-    if (!(op.expires_at && *op.expires_at <= now)) out.push_back(std::move(op));
+    out.push_back(source.Load(pick.id));
     if (pick.key) {
       if (auto next = source.NextInLane(*pick.key, pick.id)) active.push(std::move(*next));
     }

@@ -117,8 +117,8 @@ class MemoryStorage final : public QueueStorage {
 
   std::vector<Operation> Peek(size_t n, double now) override {
     std::lock_guard lock(mu_);
-    Source source(*this);
-    return MergeLanes(source, n, now);
+    Source source(*this, now);
+    return MergeLanes(source, n);
   }
 
   std::optional<Operation> Get(int64_t id) override {
@@ -237,36 +237,56 @@ class MemoryStorage final : public QueueStorage {
  private:
   class Source final : public LaneSource {
    public:
-    explicit Source(MemoryStorage& s)
-        : s_(s), ready_it_(s.ready_.begin()), waiting_(BuildWaitingOrder(s)),
-          waiting_it_(waiting_.begin()) {}
-    std::optional<LaneHead> NextLane() override {
-      bool have_r = ready_it_ != s_.ready_.end();
-      bool have_w = waiting_it_ != waiting_.end();
-      if (!have_r && !have_w) return std::nullopt;
-      std::pair<int, int64_t> pick;
-      if (have_r && (!have_w || ReadyOrder{}(*ready_it_, *waiting_it_))) {
-        pick = *ready_it_++;
-      } else {
-        pick = *waiting_it_++;
+    Source(MemoryStorage& s, double now)
+        : s_(s), now_(now), ready_it_(s.ready_.begin()), waiting_(BuildWaitingOrder(s)),
+          waiting_it_(waiting_.begin()) {
+      for (auto& [at, id] : s.expiry_) {
+        if (at > now) break;
+        const Operation& op = s.ops_.at(id);
+        if (op.key) {
+          dirty_keys_.insert(*op.key);
+        } else {
+          expired_ids_.insert(id);
+        }
       }
-      return LaneHead{pick.first, pick.second, s_.ops_.at(pick.second).key};
     }
-    std::vector<LaneHead> InFlightLanes() override {
-      std::vector<LaneHead> out;
+    std::optional<LaneHead> NextLane() override {
+      for (;;) {
+        bool have_r = ready_it_ != s_.ready_.end();
+        bool have_w = waiting_it_ != waiting_.end();
+        if (!have_r && !have_w) return std::nullopt;
+        std::pair<int, int64_t> pick;
+        if (have_r && (!have_w || ReadyOrder{}(*ready_it_, *waiting_it_))) {
+          pick = *ready_it_++;
+        } else {
+          pick = *waiting_it_++;
+        }
+        const Operation& op = s_.ops_.at(pick.second);
+        if (op.key ? dirty_keys_.count(*op.key) > 0 : expired_ids_.count(op.id) > 0) continue;
+        return LaneHead{pick.first, pick.second, op.key};
+      }
+    }
+    std::vector<LaneHead> ExtraLanes() override {
+      std::set<std::string> keys = dirty_keys_;
       for (auto& [id, op] : s_.ops_) {
-        if (op.state != OpState::kInFlight || !op.key) continue;
-        if (auto next = NextInLane(*op.key, id)) out.push_back(*next);
+        if (op.state == OpState::kInFlight && op.key) keys.insert(*op.key);
+      }
+      std::vector<LaneHead> out;
+      for (const auto& key : keys) {
+        if (auto next = NextInLane(key, 0)) out.push_back(*next);
       }
       return out;
     }
     std::optional<LaneHead> NextInLane(const std::string& key, int64_t after) override {
       const Lane& lane = s_.lanes_.at(key);
-      auto it = lane.live.upper_bound(after);
-      if (it == lane.live.end()) return std::nullopt;
-      int best = 0;
-      for (auto j = it; j != lane.live.end(); ++j) best = std::max(best, s_.ops_.at(*j).priority);
-      return LaneHead{best, *it, key};
+      std::optional<LaneHead> head;
+      for (auto it = lane.live.upper_bound(after); it != lane.live.end(); ++it) {
+        const Operation& op = s_.ops_.at(*it);
+        if (op.state != OpState::kPending || (op.expires_at && *op.expires_at <= now_)) continue;
+        if (!head) head = LaneHead{op.priority, op.id, key};
+        head->eff_prio = std::max(head->eff_prio, op.priority);
+      }
+      return head;
     }
     Operation Load(int64_t id) override { return s_.ops_.at(id); }
 
@@ -277,9 +297,12 @@ class MemoryStorage final : public QueueStorage {
       return w;
     }
     MemoryStorage& s_;
+    double now_;
     std::set<std::pair<int, int64_t>, ReadyOrder>::iterator ready_it_;
     std::set<std::pair<int, int64_t>, ReadyOrder> waiting_;
     std::set<std::pair<int, int64_t>, ReadyOrder>::iterator waiting_it_;
+    std::set<std::string> dirty_keys_;
+    std::set<int64_t> expired_ids_;
   };
 
   Operation& RequireState(int64_t id, OpState state, const char* what) {

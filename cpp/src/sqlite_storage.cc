@@ -4,6 +4,7 @@
 #include <exception>
 #include <limits>
 #include <mutex>
+#include <set>
 
 #include "cpcsync/errors.h"
 #include "cpcsync/log.h"
@@ -82,8 +83,12 @@ struct Statements {
                   "ORDER BY id DESC LIMIT 1"),
         lane_prio(db, "SELECT max(priority) FROM ops WHERE key=?1 AND state=0"),
         lane_next(db,
-                  "SELECT id FROM ops WHERE key=?1 AND state<2 AND id>?2 ORDER BY id LIMIT 1"),
-        lane_prio_from(db, "SELECT max(priority) FROM ops WHERE key=?1 AND state=0 AND id>=?2"),
+                  "SELECT id FROM ops WHERE key=?1 AND state=0 AND id>?2 "
+                  "AND (expires_at IS NULL OR expires_at>?3) ORDER BY id LIMIT 1"),
+        lane_prio_from(db,
+                       "SELECT max(priority) FROM ops WHERE key=?1 AND state=0 AND id>=?2 "
+                       "AND (expires_at IS NULL OR expires_at>?3)"),
+        expired_all(db, "SELECT id, key FROM ops WHERE state=0 AND expires_at<=?1"),
         ready_add(db, "INSERT INTO ready(op_id, prio) VALUES(?1, ?2)"),
         waiting_add(db, "INSERT INTO waiting(op_id, prio, due) VALUES(?1, ?2, ?3)"),
         ready_del(db, "DELETE FROM ready WHERE op_id=?1"),
@@ -136,7 +141,7 @@ struct Statements {
   Stmt begin, begin_immediate, commit, rollback, savepoint, release, rollback_to;
   Stmt sync_full, sync_normal, sync_off;
   Stmt read_counters, write_counters;
-  Stmt insert, load, brief, lane_head, lane_last, lane_prio, lane_next, lane_prio_from;
+  Stmt insert, load, brief, lane_head, lane_last, lane_prio, lane_next, lane_prio_from, expired_all;
   Stmt ready_add, waiting_add, ready_del, waiting_del, ready_bump, waiting_bump, ready_set,
       waiting_set;
   Stmt coalesce, victim, expired, promote, promoted, pick, lease, ack, retry, bury;
@@ -278,8 +283,8 @@ class SqliteStorage final : public QueueStorage {
   std::vector<Operation> Peek(size_t n, double now) override {
     std::lock_guard lock(db_mu_);
     ReadTxn txn(*this);
-    Source source(*this);
-    return MergeLanes(source, n, now);
+    Source source(*this, now);
+    return MergeLanes(source, n);
   }
 
   std::optional<Operation> Get(int64_t id) override {
@@ -512,35 +517,54 @@ class SqliteStorage final : public QueueStorage {
 
   class Source final : public LaneSource {
    public:
-    explicit Source(SqliteStorage& s) : s_(s), ready_(s.st().ready_scan), waiting_(s.st().waiting_scan) {
+    Source(SqliteStorage& s, double now)
+        : s_(s), now_(now), ready_(s.st().ready_scan), waiting_(s.st().waiting_scan) {
+      {
+        Use q(s_.st().expired_all);
+        q->Bind(1, now_);
+        while (q->Step()) {
+          if (q->IsNull(1)) {
+            expired_ids_.insert(q->Int(0));
+          } else {
+            dirty_keys_.insert(q->Text(1));
+          }
+        }
+      }
       Fetch(ready_, r_);
       Fetch(waiting_, w_);
     }
-    std::optional<LaneHead> NextLane() override {
-      if (!r_ && !w_) return std::nullopt;
-      const bool take_r = r_ && (!w_ || r_->eff_prio > w_->eff_prio ||
-                                 (r_->eff_prio == w_->eff_prio && r_->id < w_->id));
-      LaneHead out;
-      if (take_r) {
-        out = std::move(*r_);
-        Fetch(ready_, r_);
-      } else {
-        out = std::move(*w_);
-        Fetch(waiting_, w_);
-      }
-      return out;
+    ~Source() override {
+      ready_.Reset();
+      waiting_.Reset();
     }
-    std::vector<LaneHead> InFlightLanes() override {
-      std::vector<std::pair<int64_t, std::string>> lanes;
+    std::optional<LaneHead> NextLane() override {
+      for (;;) {
+        if (!r_ && !w_) return std::nullopt;
+        const bool take_r = r_ && (!w_ || r_->eff_prio > w_->eff_prio ||
+                                   (r_->eff_prio == w_->eff_prio && r_->id < w_->id));
+        LaneHead out;
+        if (take_r) {
+          out = std::move(*r_);
+          Fetch(ready_, r_);
+        } else {
+          out = std::move(*w_);
+          Fetch(waiting_, w_);
+        }
+        if (out.key ? dirty_keys_.count(*out.key) > 0 : expired_ids_.count(out.id) > 0) continue;
+        return out;
+      }
+    }
+    std::vector<LaneHead> ExtraLanes() override {
+      std::set<std::string> keys = dirty_keys_;
       {
         Use q(s_.st().in_flight);
         while (q->Step()) {
-          if (!q->IsNull(1)) lanes.emplace_back(q->Int(0), q->Text(1));
+          if (!q->IsNull(1)) keys.insert(q->Text(1));
         }
       }
       std::vector<LaneHead> out;
-      for (auto& [id, key] : lanes) {
-        if (auto next = NextInLane(key, id)) out.push_back(std::move(*next));
+      for (const auto& key : keys) {
+        if (auto next = NextInLane(key, 0)) out.push_back(std::move(*next));
       }
       return out;
     }
@@ -548,20 +572,16 @@ class SqliteStorage final : public QueueStorage {
       int64_t next;
       {
         Use q(s_.st().lane_next);
-        q->BindText(1, key).Bind(2, after);
+        q->BindText(1, key).Bind(2, after).Bind(3, now_);
         if (!q->Step()) return std::nullopt;
         next = q->Int(0);
       }
       Use q(s_.st().lane_prio_from);
-      q->BindText(1, key).Bind(2, next);
+      q->BindText(1, key).Bind(2, next).Bind(3, now_);
       q->Step();
       return LaneHead{static_cast<int>(q->Int(0)), next, key};
     }
     Operation Load(int64_t id) override { return *s_.LoadLocked(id); }
-    ~Source() override {
-      ready_.Reset();
-      waiting_.Reset();
-    }
 
    private:
     static void Fetch(Stmt& s, std::optional<LaneHead>& into) {
@@ -572,9 +592,12 @@ class SqliteStorage final : public QueueStorage {
       }
     }
     SqliteStorage& s_;
+    double now_;
     Stmt& ready_;
     Stmt& waiting_;
     std::optional<LaneHead> r_, w_;
+    std::set<std::string> dirty_keys_;
+    std::set<int64_t> expired_ids_;
   };
 
   Statements& st() {

@@ -220,7 +220,7 @@ class SyncQueue:
     def enqueue(
         self,
         kind: str,
-        payload: Payload = b"",
+        payload: Payload,
         *,
         key: str | None = None,
         priority: int = 50,
