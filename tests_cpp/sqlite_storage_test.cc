@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "cpcsync/errors.h"
+#include "counting_vfs.h"
 #include "cpcsync/sync_queue.h"
 
 namespace cpcsync {
@@ -173,6 +174,44 @@ TEST(SqliteStorage, WaitWakesOnAnotherHandlesEnqueue) {
   EXPECT_TRUE(consumer->Wait(30.0));
   t.join();
   EXPECT_EQ(consumer->Take(1).size(), 1u);
+}
+
+}  // namespace
+}  // namespace cpcsync
+
+namespace cpcsync {
+namespace {
+
+int WalSyncsFor(Durability d, int enqueues) {
+  auto& counts = testing::InstallCountingVfs();
+  SqliteOptions o;
+  o.durability = d;
+  auto q = SyncQueue::Open(Fresh("sync.db"), o, Limits{}, nullptr);
+  counts.Reset();
+  for (int i = 0; i < enqueues; ++i) q->Enqueue(Op());
+  const int syncs = counts.wal.load();
+  q->Close();
+  return syncs;
+}
+
+TEST(SqliteDurability, FullSyncsTheWalOnEveryEnqueue) {
+  EXPECT_GE(WalSyncsFor(Durability::kFull, 20), 20);
+}
+
+TEST(SqliteDurability, NormalAndOffDoNotSyncPerEnqueue) {
+  EXPECT_LT(WalSyncsFor(Durability::kNormal, 20), 5);
+  EXPECT_LT(WalSyncsFor(Durability::kOff, 20), 5);
+}
+
+TEST(SqliteDurability, ConsumerCallsDoNotSyncButTheNextFullEnqueueDoes) {
+  auto& counts = testing::InstallCountingVfs();
+  auto q = SyncQueue::Open(Fresh("consumer-sync.db"), SqliteOptions{}, Limits{}, nullptr);
+  for (int i = 0; i < 10; ++i) q->Enqueue(Op());
+  counts.Reset();
+  for (auto& op : q->Take(10)) q->Ack(op.id);
+  EXPECT_LT(counts.wal.load(), 3);
+  q->Enqueue(Op());
+  EXPECT_GE(counts.wal.load(), 1);
 }
 
 }  // namespace

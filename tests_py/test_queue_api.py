@@ -200,6 +200,18 @@ def test_hlc_strictly_increases_even_when_the_clock_stands_still(queue: Any) -> 
     assert all(a < b for a, b in itertools.pairwise(hlcs)), hlcs
 
 
+def test_hlc_never_goes_backwards_across_reopen_with_a_clock_behind(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.db")
+    with cs.SyncQueue.open(path, clock=cs.VirtualClock(start=2_000_000.0)) as q:
+        q.enqueue("k", b"")
+        (first,) = q.peek(1)
+    with cs.SyncQueue.open(path, clock=cs.VirtualClock(start=1_000_000.0)) as q:  # skewed back
+        q.enqueue("k", b"")
+        hlcs = [op.hlc for op in q.peek(10)]
+    assert hlcs[0] == first.hlc
+    assert hlcs[1] > first.hlc
+
+
 def test_state_values_through_the_lifecycle(queue: Any) -> None:
     a = queue.enqueue("k", b"a")
     queue.enqueue("k", b"b")
@@ -467,6 +479,24 @@ def test_ttl_expiry_is_swept_by_take(queue: Any, clock: cs.VirtualClock) -> None
     assert len(queue) == 1
 
 
+def test_expired_ops_do_not_lend_their_priority_to_their_lane(
+    queue: Any, clock: cs.VirtualClock
+) -> None:
+    # peek skips an expired op and take sweeps it, so it must not raise its lane's
+    # effective priority either: peek shows the order take(1)+ack cycles deliver in.
+    loose = queue.enqueue("put", b"", priority=0)
+    head = queue.enqueue("put", b"", key="k", priority=0)
+    queue.enqueue("put", b"", key="k", priority=cs.Priority.HIGH, ttl=1.0)
+    clock.advance(1.0)
+    peeked = ids(queue.peek(10))
+    delivered = []
+    while ops := queue.take(1):
+        delivered.append(ops[0].id)
+        queue.ack(ops[0].id)
+    assert delivered == [loose, head]
+    assert peeked == delivered
+
+
 def test_in_flight_op_does_not_expire_until_retried(queue: Any, clock: cs.VirtualClock) -> None:
     a = queue.enqueue("k", b"", ttl=1.0)
     take_one(queue)
@@ -541,6 +571,22 @@ def test_capacity_drop_lowest_never_drops_in_flight(make_queue: MakeQueue) -> No
     assert q.stats()["in_flight"] == 1
     q.ack(low)
     assert len(q) == 0
+
+
+@pytest.mark.parametrize("overflow", ["reject", "drop_lowest"])
+def test_requeue_dead_keeps_the_capacity_bound(make_queue: MakeQueue, overflow: str) -> None:
+    # "max_ops bounds pending + in flight": requeueing dead letters must not break it
+    # (whether it refuses with QueueFullError or applies the overflow policy).
+    q = make_queue(max_ops=1, overflow=overflow)
+    a = q.enqueue("k", b"a")
+    q.dead_letter(a, "x")
+    q.enqueue("k", b"b")
+    before = queue_snapshot(q)
+    try:
+        q.requeue_dead()
+    except cs.QueueFullError:
+        assert queue_snapshot(q) == before
+    assert len(q) <= 1
 
 
 # ----------------------------------------------------------- enqueue_many

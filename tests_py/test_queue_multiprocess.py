@@ -9,6 +9,7 @@ only.
 from __future__ import annotations
 
 import multiprocessing
+import threading
 import time
 from collections import Counter, defaultdict
 from multiprocessing.connection import Connection
@@ -142,3 +143,68 @@ def test_wait_is_woken_by_another_process_enqueue(tmp_path: Path) -> None:
         assert tag == "enqueued"
         (op,) = q.take(10)
         assert (op.id, op.json()) == (op_id, {"from": "child"})
+
+
+def test_threads_enqueue_concurrently_on_one_handle(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.db")
+    threads, per_thread = 4, 200
+    results: list[list[int]] = [[] for _ in range(threads)]
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def produce(q: Any, t: int) -> None:
+        try:
+            start.wait(10)
+            for j in range(per_thread):
+                results[t].append(q.enqueue("put", {"t": t, "seq": j}, key=f"t{t}"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    with cs.SyncQueue.open(path) as q:
+        workers = [threading.Thread(target=produce, args=(q, t)) for t in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join(60)
+        assert not errors, errors
+        assert all(not w.is_alive() for w in workers)
+    ids = [i for r in results for i in r]
+    assert len(ids) == len(set(ids)) == threads * per_thread
+    for r in results:
+        assert r == sorted(r)  # a thread's enqueues get increasing ids
+    with cs.SyncQueue.open(path) as q:
+        assert len(q) == threads * per_thread
+        seqs: dict[str, list[int]] = defaultdict(list)
+        while ops := q.take(100):
+            for op in ops:
+                seqs[op.key].append(op.json()["seq"])
+                q.ack(op.id)
+        assert {k: v == list(range(per_thread)) for k, v in seqs.items()} == {
+            f"t{t}": True for t in range(threads)
+        }
+
+
+def test_wait_is_woken_by_another_handle_in_this_process(tmp_path: Path) -> None:
+    path = str(tmp_path / "outbox.db")
+    go = threading.Event()
+    enqueued: list[int] = []
+
+    def produce() -> None:
+        with cs.SyncQueue.open(path, durability="normal") as producer:
+            go.wait(10)
+            enqueued.append(producer.enqueue("ping", b"", key="wake"))
+
+    with cs.SyncQueue.open(path, durability="normal") as q:
+        assert q.take(1) == []  # become the consumer
+        worker = threading.Thread(target=produce)
+        worker.start()
+        try:
+            started = time.monotonic()
+            go.set()
+            woke = q.wait(10.0)
+            elapsed = time.monotonic() - started
+        finally:
+            worker.join(30)
+        assert woke is True
+        assert elapsed < 2.0, f"wait returned only after {elapsed:.3f} s"
+        assert [op.id for op in q.take(10)] == enqueued

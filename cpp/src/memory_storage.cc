@@ -139,7 +139,7 @@ class MemoryStorage final : public QueueStorage {
   }
 
   std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids,
-                                   double now) override {
+                                   const Limits& limits, double now) override {
     std::lock_guard lock(mu_);
     std::vector<int64_t> chosen;
     if (ids) {
@@ -153,6 +153,20 @@ class MemoryStorage final : public QueueStorage {
       chosen = *ids;
     } else {
       chosen.assign(dead_.begin(), dead_.end());
+    }
+    if (limits.overflow == Overflow::kReject) {
+      int64_t count = static_cast<int64_t>(ops_.size() - dead_.size());
+      int64_t bytes = live_bytes_;
+      std::set<int64_t> seen;
+      for (int64_t id : chosen) {
+        if (!seen.insert(id).second) continue;
+        count += 1;
+        bytes += static_cast<int64_t>(ops_.at(id).payload.size());
+      }
+      if ((limits.max_ops && count > *limits.max_ops) ||
+          (limits.max_bytes && bytes > *limits.max_bytes)) {
+        throw SyncError(ErrorCode::kQueueFull, FullMessage(limits, count, bytes));
+      }
     }
     std::vector<int64_t> out;
     for (int64_t old_id : chosen) {
@@ -169,6 +183,7 @@ class MemoryStorage final : public QueueStorage {
       op.expires_at.reset();
       op.first_attempt_at.reset();
       out.push_back(AddLive(std::move(op), now));
+      if (limits.overflow == Overflow::kDropLowest) DropLowest(limits, now);
     }
     return out;
   }

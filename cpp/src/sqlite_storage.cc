@@ -64,9 +64,6 @@ struct Statements {
         savepoint(db, "SAVEPOINT batch_item"),
         release(db, "RELEASE batch_item"),
         rollback_to(db, "ROLLBACK TO batch_item"),
-        sync_full(db, "PRAGMA synchronous=FULL"),
-        sync_normal(db, "PRAGMA synchronous=NORMAL"),
-        sync_off(db, "PRAGMA synchronous=OFF"),
         read_counters(db, "SELECT live_ops, live_bytes, dead_ops, max_hlc FROM counters"),
         write_counters(db,
                        "UPDATE counters SET live_ops=?1, live_bytes=?2, dead_ops=?3, max_hlc=?4"),
@@ -139,7 +136,6 @@ struct Statements {
                      "ORDER BY w.prio DESC, w.op_id") {}
 
   Stmt begin, begin_immediate, commit, rollback, savepoint, release, rollback_to;
-  Stmt sync_full, sync_normal, sync_off;
   Stmt read_counters, write_counters;
   Stmt insert, load, brief, lane_head, lane_last, lane_prio, lane_next, lane_prio_from, expired_all;
   Stmt ready_add, waiting_add, ready_del, waiting_del, ready_bump, waiting_bump, ready_set,
@@ -302,7 +298,7 @@ class SqliteStorage final : public QueueStorage {
   }
 
   std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids,
-                                   double now) override {
+                                   const Limits& limits, double now) override {
     std::lock_guard lock(db_mu_);
     Txn txn(*this, Durability::kNormal);
     std::vector<int64_t> chosen;
@@ -331,6 +327,7 @@ class SqliteStorage final : public QueueStorage {
       counters_.live_bytes += b->size;
       Placed(id, b->key, b->priority, now, now);
       out.push_back(id);
+      EnforceLimits(limits, now);
     }
     txn.Commit();
     return out;
@@ -648,9 +645,11 @@ class SqliteStorage final : public QueueStorage {
 
   void SetSync(Durability d) {
     if (d == sync_) return;
-    Use(d == Durability::kFull ? st().sync_full
-                               : d == Durability::kNormal ? st().sync_normal : st().sync_off)
-        ->Run();
+    // Not a cached statement: SQLite applies this pragma when it is prepared, and
+    // re-running a prepared copy does nothing.
+    db_.Exec(d == Durability::kFull     ? "PRAGMA synchronous=FULL"
+             : d == Durability::kNormal ? "PRAGMA synchronous=NORMAL"
+                                        : "PRAGMA synchronous=OFF");
     sync_ = d;
   }
 
@@ -697,29 +696,35 @@ class SqliteStorage final : public QueueStorage {
     for (StampedOp& s : ops) {
       counters_.max_hlc = std::max(counters_.max_hlc, s.hlc);
       ids.push_back(InsertOne(s));
-      const bool over = Over(limits);
-      if (!over) continue;
-      if (limits.overflow == Overflow::kReject) {
-        throw SyncError(ErrorCode::kQueueFull,
-                        "queue is full (" + std::to_string(counters_.live_ops) + " ops, " +
-                            std::to_string(counters_.live_bytes) + " bytes; max_ops " +
-                            (limits.max_ops ? std::to_string(*limits.max_ops) : "none") +
-                            ", max_bytes " +
-                            (limits.max_bytes ? std::to_string(*limits.max_bytes) : "none") +
-                            "); nothing was stored");
-      }
-      while (Over(limits)) {
-        int64_t victim;
-        {
-          Use v(st().victim);
-          if (!v->Step()) break;
-          victim = v->Int(0);
-        }
-        DeadLetterLocked(victim, "overflow", s.now);
-      }
+      EnforceLimits(limits, s.now);
     }
     return ids;
   }
+
+  // After an op was added: rejects (throws, the transaction rolls back) or
+  // dead-letters the lowest-priority newest pending ops until within limits.
+  void EnforceLimits(const Limits& limits, double now) {
+    if (!Over(limits)) return;
+    if (limits.overflow == Overflow::kReject) {
+      throw SyncError(ErrorCode::kQueueFull,
+                      "queue is full (" + std::to_string(counters_.live_ops) + " ops, " +
+                          std::to_string(counters_.live_bytes) + " bytes; max_ops " +
+                          (limits.max_ops ? std::to_string(*limits.max_ops) : "none") +
+                          ", max_bytes " +
+                          (limits.max_bytes ? std::to_string(*limits.max_bytes) : "none") +
+                          "); nothing was stored");
+    }
+    while (Over(limits)) {
+      int64_t victim;
+      {
+        Use v(st().victim);
+        if (!v->Step()) break;
+        victim = v->Int(0);
+      }
+      DeadLetterLocked(victim, "overflow", now);
+    }
+  }
+
 
   bool Over(const Limits& limits) const {
     return (limits.max_ops && counters_.live_ops > *limits.max_ops) ||

@@ -125,7 +125,7 @@ void SyncQueue::DeadLetter(int64_t id, const std::string& reason) {
 std::vector<int64_t> SyncQueue::RequeueDead(const std::optional<std::vector<int64_t>>& ids) {
   auto guard = Guard();
   EnsureConsumer();
-  auto out = storage_->RequeueDead(ids, clock_->Now());
+  auto out = storage_->RequeueDead(ids, limits_, clock_->Now());
   waiter_->Notify();
   return out;
 }

@@ -66,8 +66,9 @@ class QueueStorage {
   virtual std::vector<Operation> Peek(size_t n, double now) = 0;
   virtual std::optional<Operation> Get(int64_t id) = 0;
   virtual std::vector<Operation> DeadLetters(size_t limit) = 0;
+  // Re-enqueues dead ops under new ids, all or none; `limits` apply as for Insert.
   virtual std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids,
-                                           double now) = 0;
+                                           const Limits& limits, double now) = 0;
   virtual int64_t PurgeDead() = 0;
   // Makes every in-flight op pending again (after its consumer went away).
   virtual int64_t ResetInFlight(double now) = 0;
