@@ -12,6 +12,14 @@
 namespace cpcsync {
 namespace {
 
+enum class Sched : uint8_t { kNone, kReady, kWaiting };
+
+// An operation plus where its lane scheduling has put it.
+struct Slot : Operation {
+  Sched sched = Sched::kNone;
+  int sched_prio = 0;  // its lane's effective priority when scheduled
+};
+
 struct Lane {
   std::set<int64_t> live;           // pending + in flight, by id
   std::multiset<int> pending_prios;  // priorities of its pending ops
@@ -48,19 +56,16 @@ class MemoryStorage final : public QueueStorage {
       DeadLetterLocked(expiry_.begin()->second, "expired", now);
     }
     while (!waiting_.empty() && waiting_.begin()->first <= now) {
-      int64_t id = waiting_.begin()->second;
-      int prio = waiting_prio_.at(id);
+      Slot& slot = ops_.at(waiting_.begin()->second);
       waiting_.erase(waiting_.begin());
-      waiting_prio_.erase(id);
-      ready_.emplace(prio, id);
-      ready_prio_[id] = prio;
+      ready_.emplace(slot.sched_prio, slot.id);
+      slot.sched = Sched::kReady;
     }
     std::vector<Operation> out;
     while (out.size() < n && !ready_.empty()) {
-      int64_t id = ready_.begin()->second;
+      Slot& op = ops_.at(ready_.begin()->second);
       ready_.erase(ready_.begin());
-      ready_prio_.erase(id);
-      Operation& op = ops_.at(id);
+      op.sched = Sched::kNone;
       ForgetPending(op);
       op.state = OpState::kInFlight;
       op.attempts += 1;
@@ -85,7 +90,7 @@ class MemoryStorage final : public QueueStorage {
   void Retry(int64_t id, double next_attempt_at, const std::optional<std::string>& error,
              double now) override {
     std::lock_guard lock(mu_);
-    Operation& op = RequireState(id, OpState::kInFlight, "retry");
+    Slot& op = RequireState(id, OpState::kInFlight, "retry");
     op.state = OpState::kPending;
     op.next_attempt_at = next_attempt_at;
     op.last_error = error;
@@ -308,7 +313,7 @@ class MemoryStorage final : public QueueStorage {
    private:
     static std::set<std::pair<int, int64_t>, ReadyOrder> BuildWaitingOrder(MemoryStorage& s) {
       std::set<std::pair<int, int64_t>, ReadyOrder> w;
-      for (auto& [id, prio] : s.waiting_prio_) w.emplace(prio, id);
+      for (auto& [due, id] : s.waiting_) w.emplace(s.ops_.at(id).sched_prio, id);
       return w;
     }
     MemoryStorage& s_;
@@ -320,7 +325,7 @@ class MemoryStorage final : public QueueStorage {
     std::set<int64_t> expired_ids_;
   };
 
-  Operation& RequireState(int64_t id, OpState state, const char* what) {
+  Slot& RequireState(int64_t id, OpState state, const char* what) {
     auto it = ops_.find(id);
     if (it == ops_.end() || it->second.state != state) {
       throw SyncError(ErrorCode::kOperationState, std::string(what) + ": operation " +
@@ -331,11 +336,11 @@ class MemoryStorage final : public QueueStorage {
   }
 
   // The last live op of `key` if coalescing may merge into it.
-  Operation* CoalesceTarget(const StampedOp& s) {
+  Slot* CoalesceTarget(const StampedOp& s) {
     if (!s.op.coalesce || !s.op.key) return nullptr;
     auto lane = lanes_.find(*s.op.key);
     if (lane == lanes_.end() || lane->second.live.empty()) return nullptr;
-    Operation& last = ops_.at(*lane->second.live.rbegin());
+    Slot& last = ops_.at(*lane->second.live.rbegin());
     if (last.state != OpState::kPending || last.kind != s.op.kind) return nullptr;
     return &last;
   }
@@ -384,9 +389,9 @@ class MemoryStorage final : public QueueStorage {
 
   int64_t InsertOne(StampedOp& s) {
     max_hlc_ = std::max(max_hlc_, s.hlc);
-    if (Operation* t = CoalesceTarget(s)) {
+    if (Slot* t = CoalesceTarget(s)) {
       const bool is_head = *lanes_.at(*t->key).live.begin() == t->id;
-      if (is_head) Unschedule(t->id);
+      if (is_head) Unschedule(*t);
       ForgetPending(*t);
       live_bytes_ += static_cast<int64_t>(s.op.payload.size()) - static_cast<int64_t>(t->payload.size());
       t->payload = std::move(s.op.payload);
@@ -424,8 +429,10 @@ class MemoryStorage final : public QueueStorage {
   int64_t AddLive(Operation op, double now) {
     int64_t id = op.id;
     live_bytes_ += static_cast<int64_t>(op.payload.size());
-    auto [it, _] = ops_.emplace(id, std::move(op));
-    Operation& stored = it->second;
+    Slot slot;
+    static_cast<Operation&>(slot) = std::move(op);
+    auto [it, _] = ops_.emplace(id, std::move(slot));
+    Slot& stored = it->second;
     RememberPending(stored);
     if (!stored.key) {
       Schedule(stored, now);
@@ -443,14 +450,14 @@ class MemoryStorage final : public QueueStorage {
 
   void RememberPending(const Operation& op) {
     pending_by_prio_[op.priority] += 1;
-    victims_.emplace(op.priority, -op.id);
+    if (victims_valid_) victims_.emplace(op.priority, -op.id);
     if (op.expires_at) expiry_.emplace(*op.expires_at, op.id);
     if (op.key) lanes_[*op.key].pending_prios.insert(op.priority);
   }
 
   void ForgetPending(const Operation& op) {
     pending_by_prio_[op.priority] -= 1;
-    victims_.erase({op.priority, -op.id});
+    if (victims_valid_) victims_.erase({op.priority, -op.id});
     if (op.expires_at) expiry_.erase({*op.expires_at, op.id});
     if (op.key) {
       auto& prios = lanes_[*op.key].pending_prios;
@@ -465,41 +472,37 @@ class MemoryStorage final : public QueueStorage {
   }
 
   // Puts a pending lane head into ready (due) or waiting (later).
-  void Schedule(const Operation& head, double now) {
-    int prio = LanePrio(head);
+  void Schedule(Slot& head, double now) {
+    head.sched_prio = LanePrio(head);
     if (head.next_attempt_at <= now) {
-      ready_.emplace(prio, head.id);
-      ready_prio_[head.id] = prio;
+      ready_.emplace(head.sched_prio, head.id);
+      head.sched = Sched::kReady;
     } else {
       waiting_.emplace(head.next_attempt_at, head.id);
-      waiting_prio_[head.id] = prio;
+      head.sched = Sched::kWaiting;
     }
   }
 
-  void Unschedule(int64_t id) {
-    if (auto r = ready_prio_.find(id); r != ready_prio_.end()) {
-      ready_.erase({r->second, id});
-      ready_prio_.erase(r);
-    } else if (auto w = waiting_prio_.find(id); w != waiting_prio_.end()) {
-      waiting_.erase({ops_.at(id).next_attempt_at, id});
-      waiting_prio_.erase(w);
+  void Unschedule(Slot& slot) {
+    if (slot.sched == Sched::kReady) {
+      ready_.erase({slot.sched_prio, slot.id});
+    } else if (slot.sched == Sched::kWaiting) {
+      waiting_.erase({slot.next_attempt_at, slot.id});
     }
+    slot.sched = Sched::kNone;
   }
 
   // Recomputes the effective priority of the lane's scheduled head.
   void RefreshLanePrio(const std::string& key) {
     const Lane& lane = lanes_.at(key);
     if (lane.live.empty()) return;
-    int64_t head = *lane.live.begin();
-    const Operation& op = ops_.at(head);
-    int prio = LanePrio(op);
-    if (auto r = ready_prio_.find(head); r != ready_prio_.end() && r->second != prio) {
-      ready_.erase({r->second, head});
-      ready_.emplace(prio, head);
-      r->second = prio;
-    } else if (auto w = waiting_prio_.find(head); w != waiting_prio_.end()) {
-      w->second = prio;
+    Slot& head = ops_.at(*lane.live.begin());
+    const int prio = LanePrio(head);
+    if (head.sched == Sched::kReady && head.sched_prio != prio) {
+      ready_.erase({head.sched_prio, head.id});
+      ready_.emplace(prio, head.id);
     }
+    head.sched_prio = prio;
   }
 
   // After a lane's head left: schedules the next op, if any.
@@ -510,20 +513,19 @@ class MemoryStorage final : public QueueStorage {
       lanes_.erase(lane);
       return;
     }
-    const Operation& head = ops_.at(*lane->second.live.begin());
-    if (head.state == OpState::kPending && !ready_prio_.count(head.id) &&
-        !waiting_prio_.count(head.id)) {
+    Slot& head = ops_.at(*lane->second.live.begin());
+    if (head.state == OpState::kPending && head.sched == Sched::kNone) {
       Schedule(head, now);
     }
   }
 
   void DeadLetterLocked(int64_t id, const std::string& reason, double now) {
-    Operation& op = ops_.at(id);
+    Slot& op = ops_.at(id);
     bool was_head = true;
     if (op.state == OpState::kPending) {
       ForgetPending(op);
-      was_head = ready_prio_.count(id) || waiting_prio_.count(id);
-      Unschedule(id);
+      was_head = op.sched != Sched::kNone;
+      Unschedule(op);
     } else {
       in_flight_ -= 1;
     }
@@ -546,20 +548,26 @@ class MemoryStorage final : public QueueStorage {
       return (limits.max_ops && count > *limits.max_ops) ||
              (limits.max_bytes && live_bytes_ > *limits.max_bytes);
     };
+    if (!over()) return;
+    if (!victims_valid_) {  // built on first overflow, then kept up to date
+      for (auto& [id, op] : ops_) {
+        if (op.state == OpState::kPending) victims_.emplace(op.priority, -id);
+      }
+      victims_valid_ = true;
+    }
     while (over() && !victims_.empty()) {
       DeadLetterLocked(-victims_.begin()->second, "overflow", now);
     }
   }
 
   std::mutex mu_;
-  std::map<int64_t, Operation> ops_;  // live and dead
+  std::map<int64_t, Slot> ops_;  // live and dead
   std::unordered_map<std::string, Lane> lanes_;
   std::set<std::pair<int, int64_t>, ReadyOrder> ready_;  // due heads: (eff prio, id)
-  std::unordered_map<int64_t, int> ready_prio_;
   std::set<std::pair<double, int64_t>> waiting_;  // heads not yet due: (due, id)
-  std::unordered_map<int64_t, int> waiting_prio_;
   std::set<std::pair<double, int64_t>> expiry_;   // pending ops with a ttl
-  std::set<std::pair<int, int64_t>> victims_;     // pending: (priority, -id)
+  std::set<std::pair<int, int64_t>> victims_;     // pending: (priority, -id), once needed
+  bool victims_valid_ = false;
   std::map<int, int64_t> pending_by_prio_;
   std::set<int64_t> dead_;
   int64_t next_id_ = 1;

@@ -59,9 +59,12 @@ StampedOp SyncQueue::Stamp(NewOp op, double now) {
 
 int64_t SyncQueue::Enqueue(NewOp op) {
   auto guard = Guard();
-  std::vector<StampedOp> batch;
+  // Reused per thread: a single enqueue allocates no batch.
+  thread_local std::vector<StampedOp> batch;
+  batch.clear();
   batch.push_back(Stamp(std::move(op), clock_->Now()));
   const int64_t id = storage_->Insert(batch, limits_).front();
+  batch.clear();
   waiter_->Notify();
   return id;
 }
