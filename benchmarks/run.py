@@ -38,11 +38,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="divide every op count by 10")
     parser.add_argument("--only", help="run only cases whose key contains this substring")
     parser.add_argument(
-        "--output", type=Path, default=REPO / "docs" / "benchmarks.md", help="report path"
+        "--output",
+        type=Path,
+        help="report path (default docs/benchmarks.md; with --only, build/benchmarks-partial.md)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary files")
     args = parser.parse_args(argv)
 
+    if args.output is None:
+        partial = args.only is not None
+        args.output = REPO / ("build/benchmarks-partial.md" if partial else "docs/benchmarks.md")
     divisor = 10 if args.quick else 1
     groups = [make() for make in GROUPS]
     if args.only:

@@ -1,5 +1,7 @@
 #include "cpcsync/sqlite_storage.h"
 
+#include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <exception>
 #include <limits>
@@ -171,24 +173,32 @@ class SqliteStorage final : public QueueStorage {
     {
       std::unique_lock lk(gc_mu_);
       gc_pending_.push_back(&req);
+      gc_writers_ = std::max(gc_writers_, gc_pending_.size() + gc_in_commit_);
+      if (gc_gathering_) gc_cv_.notify_all();
       while (!req.done) {
         if (gc_leader_) {
           gc_cv_.wait(lk);
           continue;
         }
         gc_leader_ = true;
+        Gather(lk);
         std::vector<Request*> batch;
         batch.swap(gc_pending_);
+        gc_in_commit_ = batch.size();
         lk.unlock();
+        const auto start = std::chrono::steady_clock::now();
         CommitBatch(batch);
+        const auto took = std::chrono::steady_clock::now() - start;
         lk.lock();
+        gc_last_commit_ = std::chrono::duration_cast<std::chrono::microseconds>(took);
         for (Request* r : batch) r->done = true;
+        gc_in_commit_ = 0;
         gc_leader_ = false;
         gc_cv_.notify_all();
       }
     }
     if (req.error) std::rethrow_exception(req.error);
-    if (!consumer_) notifier_->Notify();
+    if (!is_consumer_.load()) notifier_->Notify();
     return std::move(req.ids);
   }
 
@@ -411,6 +421,7 @@ class SqliteStorage final : public QueueStorage {
     txn.Commit();
     if (n > 0) Log().info("queue '{}': {} in-flight ops of a previous consumer are pending again", path_, n);
     consumer_ = std::move(lock_holder);
+    is_consumer_.store(true);
   }
 
   // If no consumer is alive, leases in the file belong to a consumer that died:
@@ -448,6 +459,7 @@ class SqliteStorage final : public QueueStorage {
                    e.what());
       }
       consumer_.reset();
+      is_consumer_.store(false);
     }
     stmts_.reset();
     db_.Close();
@@ -657,6 +669,19 @@ class SqliteStorage final : public QueueStorage {
     Use s(st().read_counters);
     if (!s->Step()) throw SyncError(ErrorCode::kCorrupt, "queue file has no counters row");
     return Counters{s->Int(0), s->Int(1), s->Int(2), static_cast<uint64_t>(s->Int(3))};
+  }
+
+  // Group commit: a new leader waits, up to a quarter of a commit's time, for the writers
+  // seen recently to queue up, so one commit (one fsync at "full") serves them
+  // all. One writer alone never waits; a writer that left shrinks the estimate
+  // at the first wait that times out.
+  void Gather(std::unique_lock<std::mutex>& lk) {
+    if (gc_pending_.size() >= gc_writers_) return;
+    const auto window = std::min(gc_last_commit_ / 4, std::chrono::microseconds(2000));
+    gc_gathering_ = true;
+    const bool all = gc_cv_.wait_for(lk, window, [&] { return gc_pending_.size() >= gc_writers_; });
+    gc_gathering_ = false;
+    if (!all) gc_writers_ = std::max<size_t>(1, gc_pending_.size());
   }
 
   void CommitBatch(const std::vector<Request*>& batch) {
@@ -922,12 +947,17 @@ class SqliteStorage final : public QueueStorage {
   std::optional<Durability> sync_;
   Counters counters_;
   std::unique_ptr<sqlite::ConsumerLock> consumer_;
+  std::atomic<bool> is_consumer_{false};
   std::unique_ptr<sqlite::Notifier> notifier_;
 
   std::mutex gc_mu_;  // group commit: requests waiting for a leader
   std::condition_variable gc_cv_;
   std::vector<Request*> gc_pending_;
   bool gc_leader_ = false;
+  bool gc_gathering_ = false;
+  size_t gc_writers_ = 1;    // writers seen at once recently (the gather target)
+  size_t gc_in_commit_ = 0;  // requests in the commit under way
+  std::chrono::microseconds gc_last_commit_{0};
 };
 
 }  // namespace
