@@ -502,6 +502,30 @@ def group() -> Group:
         "case. Each case runs on fresh files. cpcsync cases use `key=None` and the default "
         'priority. The raw sqlite3 rows mirror cpcsync\'s `ops` row. `"full"` = WAL + '
         'synchronous=FULL, `"normal"` = WAL + synchronous=NORMAL (docs/queue-semantics.md).'
+        "\n\n"
+        "**Why the misses miss** (measured while profiling, 2026-11-25):\n\n"
+        '- *"normal" vs litequeue (target 8x).* The target is beyond the physical ceiling '
+        "of this design: one SQLite commit per enqueue. Raw sqlite3 doing the least possible "
+        "(one row, one commit, NORMAL) runs at about 1.6x litequeue in the same run, so 8x "
+        "litequeue is about 5x that ceiling. Our commit also costs more than the raw one: "
+        "perf shows 45% of the time in the kernel copying WAL frames and 36% in SQLite "
+        "(mostly WAL frame checksums); a cpcsync commit writes the op row, its priority "
+        "index, the `ready` row and its order index, the counters row and AUTOINCREMENT's "
+        "`sqlite_sequence` row (6 pages against the raw insert's 2). 2 KiB pages (instead "
+        "of 4 KiB) took this from 19k to 24k ops/s. Next steps, for the performance issue: "
+        "drop AUTOINCREMENT (keep the next id in the counters row), make `ready` one "
+        "WITHOUT ROWID b-tree, and checkpoint from a background thread (`sqlite3_wal_hook`) "
+        "so commits stop paying for checkpoints (the p99 of ~280 us is the auto-checkpoint).\n"
+        '- *"full", 4 threads vs 1 (target 3x).* Group commit works (fdatasync calls show '
+        "3.3-3.7 enqueues per commit with 4 writers, and under strace, where syscalls are "
+        "slower, 5x), but on this virtual disk a commit carrying 4 ops takes about twice "
+        "as long as a commit carrying one, so throughput gains ~2x, not 4x. The same holds "
+        "from C++ alone (no GIL): 1.6-2.5x over runs.\n"
+        "- *In-memory enqueue vs queue.Queue.put (target 0.5x).* queue.Queue stores a "
+        "reference; cpcsync must serialise the dict, and the standard library's JSON "
+        "encoder alone takes about 2.8 us per op, more than the whole budget (0.5x of "
+        "queue.Queue is ~1.8 us). With a payload that is already bytes, the same enqueue "
+        "runs at about 0.6x queue.Queue.put (the reference row), which meets the target."
     )
     return Group(
         name="queue",
