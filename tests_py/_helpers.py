@@ -11,11 +11,24 @@ from __future__ import annotations
 
 import os
 import stat
+import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import cpcsync as cs
+
+
+def is_uuid4(text: object) -> bool:
+    """True for the canonical string form of a version-4 UUID."""
+    if not isinstance(text, str):
+        return False
+    try:
+        u = uuid.UUID(text)
+    except ValueError:
+        return False
+    return u.version == 4 and str(u) == text
+
 
 SIDECAR_SUFFIXES = ("-wal", "-shm")
 

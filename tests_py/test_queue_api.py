@@ -11,7 +11,6 @@ import json
 import multiprocessing
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ import cpcsync as cs
 from _helpers import (
     child_read_only_inspect,
     file_mode,
+    is_uuid4,
     op_tuple,
     queue_snapshot,
     recv,
@@ -65,16 +65,6 @@ def queue(make_queue: MakeQueue) -> Any:
 
 def ids(ops: Any) -> list[int]:
     return [op.id for op in ops]
-
-
-def is_uuid4(text: object) -> bool:
-    if not isinstance(text, str):
-        return False
-    try:
-        u = uuid.UUID(text)
-    except ValueError:
-        return False
-    return u.version == 4 and str(u) == text
 
 
 def take_one(q: Any) -> Any:

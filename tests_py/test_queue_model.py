@@ -39,7 +39,6 @@ import math
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -48,6 +47,7 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import cpcsync as cs
+from _helpers import is_uuid4
 from queue_model import (
     DEAD,
     IN_FLIGHT,
@@ -114,16 +114,6 @@ BAD_ENQUEUES: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
 ]
 
 
-def _is_uuid4(text: object) -> bool:
-    if not isinstance(text, str):
-        return False
-    try:
-        u = uuid.UUID(text)
-    except ValueError:
-        return False
-    return u.version == 4 and str(u) == text
-
-
 def _outcome(fn: Callable[[], Any]) -> tuple[str, Any]:
     try:
         return ("ok", fn())
@@ -138,7 +128,7 @@ def _check_known_fields(where: str, got: Any, want: ModelOp) -> None:
     if want.idempotency_key is not None:
         assert got.idempotency_key == want.idempotency_key, f"{where}: op {want.id} idempotency_key"
     else:
-        assert _is_uuid4(got.idempotency_key), (
+        assert is_uuid4(got.idempotency_key), (
             f"{where}: op {want.id} generated key {got.idempotency_key!r}"
         )
     if want.created_known:
