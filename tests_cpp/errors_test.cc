@@ -15,9 +15,15 @@ TEST(Errors, ErrnoIsKeptWithTheMessage) {
     ThrowErrno("open x");
     FAIL();
   } catch (const SyncError& e) {
-    EXPECT_EQ(e.code(), ErrorCode::kOs);
+    EXPECT_EQ(e.code(), ErrorCode::kStorage);
     EXPECT_EQ(e.sys_errno(), ENOENT);
     EXPECT_NE(std::string(e.what()).find("open x"), std::string::npos);
+    try {
+      std::rethrow_if_nested(e);
+      FAIL() << "no nested OS error";
+    } catch (const SyncError& cause) {
+      EXPECT_EQ(cause.code(), ErrorCode::kOs);
+    }
   }
 }
 

@@ -55,7 +55,9 @@ double StrictSeconds(py::handle obj, const char* name) {
     throw py::type_error(std::string(name) + " must be a number of seconds (int or float), not " +
                          std::string(py::str(py::type::handle_of(obj).attr("__name__"))));
   }
-  return PyFloat_AsDouble(obj.ptr());
+  const double v = PyFloat_AsDouble(obj.ptr());  // an int too large for a double: OverflowError
+  if (v == -1.0 && PyErr_Occurred()) throw py::error_already_set();
+  return v;
 }
 
 }  // namespace cpcsync::py_bindings

@@ -124,6 +124,20 @@ py::dict StatsDict(SyncQueue& q) {
   return d;
 }
 
+// Python holds queues through this: when the last reference goes, closing the
+// queue (SQLite I/O, joining its listener) happens with the GIL released.
+QueuePtr ReleasingGilOnDestroy(QueuePtr queue) {
+  SyncQueue* raw = queue.get();
+  return QueuePtr(raw, [owned = std::move(queue)](SyncQueue*) mutable {
+    if (PyGILState_Check()) {
+      py::gil_scoped_release release;
+      owned.reset();
+    } else {
+      owned.reset();
+    }
+  });
+}
+
 }  // namespace
 
 void InitQueue(py::module_& m) {
@@ -206,7 +220,7 @@ dead letters. A context manager: leaving the block closes it.)doc")
             options.read_only = read_only;
             Limits limits = ParseLimits(max_ops, max_bytes, overflow);
             py::gil_scoped_release release;
-            return SyncQueue::Open(p, options, limits, std::move(clock));
+            return ReleasingGilOnDestroy(SyncQueue::Open(p, options, limits, std::move(clock)));
           },
           py::arg("path"), py::kw_only(), py::arg("durability") = "full",
           py::arg("max_ops") = py::none(), py::arg("max_bytes") = py::none(),
@@ -223,7 +237,8 @@ file and CorruptDatabaseError for a damaged one, without modifying either.)doc")
           "in_memory",
           [](py::object max_ops, py::object max_bytes, const std::string& overflow,
              std::shared_ptr<Clock> clock) {
-            return SyncQueue::InMemory(ParseLimits(max_ops, max_bytes, overflow), std::move(clock));
+            return ReleasingGilOnDestroy(
+                SyncQueue::InMemory(ParseLimits(max_ops, max_bytes, overflow), std::move(clock)));
           },
           py::kw_only(), py::arg("max_ops") = py::none(), py::arg("max_bytes") = py::none(),
           py::arg("overflow") = "reject", py::arg("clock") = nullptr,

@@ -18,6 +18,10 @@ std::shared_ptr<Clock> SystemClock::Default() {
   return clock;
 }
 
+VirtualClock::VirtualClock(double start) : now_(start) {
+  if (!std::isfinite(start)) ThrowInvalid("VirtualClock start must be finite");
+}
+
 double VirtualClock::Now() const {
   std::lock_guard lock(mu_);
   return now_;
@@ -41,6 +45,7 @@ void VirtualClock::Advance(double seconds) {
 }
 
 void VirtualClock::AdvanceTo(double t) {
+  if (!std::isfinite(t)) ThrowInvalid("advance_to: time must be finite");
   std::vector<std::shared_ptr<Waiter>> live;
   {
     std::lock_guard lock(mu_);

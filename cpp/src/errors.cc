@@ -11,7 +11,11 @@ void ThrowInvalid(const std::string& message) {
 
 void ThrowErrno(const std::string& what) {
   const int err = errno;
-  throw SyncError(ErrorCode::kOs, what + ": " + std::strerror(err), err);
+  try {
+    throw SyncError(ErrorCode::kOs, std::strerror(err), err);
+  } catch (...) {
+    std::throw_with_nested(SyncError(ErrorCode::kStorage, what + ": " + std::strerror(err), err));
+  }
 }
 
 }  // namespace cpcsync

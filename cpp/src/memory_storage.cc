@@ -40,9 +40,15 @@ class MemoryStorage final : public QueueStorage {
     if (limits.overflow == Overflow::kReject && (limits.max_ops || limits.max_bytes)) {
       CheckCapacityDryRun(ops, limits);
     }
+    if (limits.overflow == Overflow::kDropLowest && (limits.max_ops || limits.max_bytes) &&
+        InFlightAloneOver(limits)) {
+      throw SyncError(ErrorCode::kQueueFull,
+                      "queue is full with in-flight operations alone; nothing was stored");
+    }
     std::vector<int64_t> ids;
     ids.reserve(ops.size());
     for (auto& s : ops) {
+      s.hlc = std::max(s.hlc, max_hlc_ + 1);  // stamps follow insert order
       int64_t id = InsertOne(s);
       ids.push_back(id);
       if (limits.overflow == Overflow::kDropLowest) DropLowest(limits, s.now);
@@ -540,6 +546,18 @@ class MemoryStorage final : public QueueStorage {
     } else {
       RefreshLanePrio(*op.key);
     }
+  }
+
+  // True when the in-flight ops alone break a limit: dropping every pending op
+  // (the new ones included) could not make room.
+  bool InFlightAloneOver(const Limits& limits) const {
+    if (limits.max_ops && in_flight_ > *limits.max_ops) return true;
+    if (!limits.max_bytes || live_bytes_ <= *limits.max_bytes) return false;
+    int64_t bytes = 0;
+    for (const auto& [id, op] : ops_) {
+      if (op.state == OpState::kInFlight) bytes += static_cast<int64_t>(op.payload.size());
+    }
+    return bytes > *limits.max_bytes;
   }
 
   void DropLowest(const Limits& limits, double now) {

@@ -154,7 +154,8 @@ class SqliteStorage final : public QueueStorage {
     OpenFile();
     stmts_ = std::make_unique<Statements>(db_.get());
     if (!options_.read_only) {
-      notifier_ = std::make_unique<sqlite::Notifier>(sqlite::NotifyName(path_));
+      notify_name_ = sqlite::NotifyName(path_);
+      notifier_ = std::make_unique<sqlite::Notifier>(notify_name_);
       RecoverOrphanedLeases();
     }
   }
@@ -229,7 +230,9 @@ class SqliteStorage final : public QueueStorage {
       Use(st().ready_del)->Bind(1, id).Run();
       Use s(st().lease);
       s->Bind(1, id).Bind(2, now);
-      s->Step();
+      if (!s->Step()) {
+        throw SyncError(ErrorCode::kCorrupt, "ready op " + std::to_string(id) + " is missing");
+      }
       out.push_back(ReadOp(*s));
     }
     txn.Commit();
@@ -415,7 +418,7 @@ class SqliteStorage final : public QueueStorage {
     std::lock_guard lock(db_mu_);
     if (consumer_) return;
     RequireWritable("consume");
-    auto lock_holder = std::make_unique<sqlite::ConsumerLock>(sqlite::NotifyName(path_), std::move(wake));
+    auto lock_holder = std::make_unique<sqlite::ConsumerLock>(notify_name_, std::move(wake));
     Txn txn(*this, Durability::kNormal);
     const int64_t n = ResetInFlightLocked(now);
     txn.Commit();
@@ -435,7 +438,7 @@ class SqliteStorage final : public QueueStorage {
     }
     std::unique_ptr<sqlite::ConsumerLock> probe;
     try {
-      probe = std::make_unique<sqlite::ConsumerLock>(sqlite::NotifyName(path_), [] {});
+      probe = std::make_unique<sqlite::ConsumerLock>(notify_name_, [] {});
     } catch (const SyncError& e) {
       if (e.code() == ErrorCode::kQueueLocked) return;  // a live consumer owns its leases
       throw;
@@ -489,7 +492,12 @@ class SqliteStorage final : public QueueStorage {
     Txn(SqliteStorage& s, Durability sync) : s_(s) {
       s_.SetSync(sync);
       Use(s_.st().begin_immediate)->Run();
-      s_.counters_ = s_.ReadCountersNow();
+      try {
+        s_.counters_ = s_.ReadCountersNow();
+      } catch (...) {  // the destructor will not run: never leave the write lock held
+        sqlite3_exec(s_.db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+        throw;
+      }
       start_ = s_.counters_;
     }
     void Commit() {
@@ -719,7 +727,9 @@ class SqliteStorage final : public QueueStorage {
     std::vector<int64_t> ids;
     ids.reserve(ops.size());
     for (StampedOp& s : ops) {
-      counters_.max_hlc = std::max(counters_.max_hlc, s.hlc);
+      // Stamps follow commit order, also across processes sharing the file.
+      s.hlc = std::max(s.hlc, counters_.max_hlc + 1);
+      counters_.max_hlc = s.hlc;
       ids.push_back(InsertOne(s));
       EnforceLimits(limits, s.now);
     }
@@ -743,7 +753,10 @@ class SqliteStorage final : public QueueStorage {
       int64_t victim;
       {
         Use v(st().victim);
-        if (!v->Step()) break;
+        if (!v->Step()) {
+          throw SyncError(ErrorCode::kQueueFull,
+                          "queue is full with in-flight operations alone; nothing was stored");
+        }
         victim = v->Int(0);
       }
       DeadLetterLocked(victim, "overflow", now);
@@ -940,6 +953,7 @@ class SqliteStorage final : public QueueStorage {
   }
 
   std::string path_;
+  std::string notify_name_;  // from the file's device and inode, fixed at open
   SqliteOptions options_;
   std::mutex db_mu_;  // guards the connection and everything below
   Db db_;

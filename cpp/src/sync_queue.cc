@@ -200,7 +200,10 @@ bool SyncQueue::Wait(std::optional<double> timeout) {
 }
 
 void SyncQueue::Close() {
-  if (closed_.exchange(true)) return;
+  if (closed_.exchange(true)) {
+    std::unique_lock wait_for_first(close_mu_);  // returns once the first Close finished
+    return;
+  }
   waiter_->Close();
   std::unique_lock lock(close_mu_);
   storage_->Close();

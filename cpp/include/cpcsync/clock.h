@@ -39,7 +39,8 @@ class SystemClock final : public Clock {
 
 class VirtualClock final : public Clock {
  public:
-  explicit VirtualClock(double start = 0.0) : now_(start) {}
+  // Throws SyncError(kInvalidArgument) for a non-finite start.
+  explicit VirtualClock(double start = 0.0);
   double Now() const override;
   bool IsVirtual() const override { return true; }
   void Attach(const std::shared_ptr<Waiter>& waiter) override;

@@ -39,7 +39,7 @@ class SyncError : public std::runtime_error {
 
 // Throws SyncError(kInvalidArgument, message).
 [[noreturn]] void ThrowInvalid(const std::string& message);
-// Throws SyncError(kOs, "<what>: <strerror>") for the current errno.
+// Throws SyncError(kStorage, "<what>: <strerror>") nesting SyncError(kOs) for errno.
 [[noreturn]] void ThrowErrno(const std::string& what);
 
 }  // namespace cpcsync

@@ -7,7 +7,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
 #include <cerrno>
+#include <mutex>
+#include <set>
 #include <cstring>
 
 #include "cpcsync/errors.h"
@@ -25,6 +29,25 @@ socklen_t Address(const std::string& name, sockaddr_un* addr) {
 }
 
 }  // namespace
+
+// Every live ConsumerLock of this process, so a forked child can drop their fds.
+struct LockRegistry {
+  std::mutex mu;
+  std::set<ConsumerLock*> locks;
+
+  static LockRegistry& Get() {
+    static LockRegistry registry;
+    static std::once_flag once;
+    std::call_once(once, [] {
+      pthread_atfork([] { Get().mu.lock(); }, [] { Get().mu.unlock(); },
+                     [] {
+                       for (ConsumerLock* lock : Get().locks) lock->DropAfterFork();
+                       Get().mu.unlock();
+                     });
+    });
+    return registry;
+  }
+};
 
 std::string NotifyName(const std::string& db_path) {
   struct stat st {};
@@ -56,10 +79,37 @@ ConsumerLock::ConsumerLock(const std::string& name, std::function<void()> on_wak
     ::close(sock_);
     ThrowErrno("eventfd");
   }
-  listener_ = std::thread([this] { Listen(); });
+  try {
+    listener_ = std::thread([this] { Listen(); });
+  } catch (...) {
+    ::close(stop_fd_);
+    ::close(sock_);
+    throw;
+  }
+  LockRegistry& registry = LockRegistry::Get();
+  std::lock_guard lock(registry.mu);
+  registry.locks.insert(this);
+}
+
+void ConsumerLock::DropAfterFork() {
+  // The listener thread does not exist in the child; its std::thread object must
+  // not be joined. Closing the socket copy leaves the parent's binding alone.
+  forked_ = true;
+  ::close(sock_);
+  ::close(stop_fd_);
+  sock_ = stop_fd_ = -1;
 }
 
 ConsumerLock::~ConsumerLock() {
+  {
+    LockRegistry& registry = LockRegistry::Get();
+    std::lock_guard lock(registry.mu);
+    registry.locks.erase(this);
+  }
+  if (forked_) {
+    listener_.detach();
+    return;
+  }
   const uint64_t one = 1;
   if (::write(stop_fd_, &one, sizeof(one)) < 0) {
     Log().error("consumer lock: cannot signal listener: {}", std::strerror(errno));

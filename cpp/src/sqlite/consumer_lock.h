@@ -3,7 +3,9 @@
 // The consumer binds a Unix datagram socket in Linux's abstract namespace, named
 // after the file's device and inode. Binding is exclusive (a second would-be
 // consumer, in any process, gets QueueLockedError) and the kernel releases it when
-// the consumer closes or dies, so no stale lock survives a crash. Producers send
+// the consumer closes or dies, so no stale lock survives a crash. A child made by
+// fork() without exec drops its copy of the socket at once: only the process that
+// took the lock holds it. Producers send
 // one byte to that name after each commit; a listener thread in the consumer
 // turns it into a wake-up. No polling, no files left behind.
 #pragma once
@@ -28,7 +30,10 @@ class ConsumerLock {
   ConsumerLock& operator=(const ConsumerLock&) = delete;
 
  private:
+  friend struct LockRegistry;
   void Listen();
+  void DropAfterFork();  // in a forked child: release the copied fds, never join
+  bool forked_ = false;
   int sock_ = -1;
   int stop_fd_ = -1;
   std::function<void()> on_wake_;
