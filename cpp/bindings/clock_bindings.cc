@@ -2,6 +2,7 @@
 
 #include "bindings.h"
 #include "cpcsync/clock.h"
+#include "cpcsync/hlc.h"
 
 namespace cpcsync::py_bindings {
 
@@ -30,6 +31,29 @@ runs hours of retries in milliseconds, deterministically.)doc")
       .def("__repr__", [](const VirtualClock& c) {
         return "VirtualClock(now=" + std::to_string(c.Now()) + ")";
       });
+
+  py::class_<HybridLogicalClock, std::shared_ptr<HybridLogicalClock>>(m, "HybridLogicalClock", R"doc(
+A hybrid logical clock (Kulkarni et al., 2014): timestamps that order events
+across machines whose wall clocks disagree. A timestamp is an int with physical
+milliseconds in the high 48 bits and a logical counter in the low 16. now() is
+strictly greater than every timestamp returned or observed before, even when the
+wall clock jumps backwards. Queues stamp every operation with one (op.hlc).)doc")
+      .def(py::init([](std::shared_ptr<Clock> clock, uint64_t last) {
+             return std::make_shared<HybridLogicalClock>(
+                 clock ? std::move(clock) : SystemClock::Default(), last);
+           }),
+           py::arg("clock") = nullptr, py::arg("last") = 0,
+           "A clock reading `clock` (SystemClock by default) whose stamps start after `last`.")
+      .def("now", &HybridLogicalClock::Now, "A new timestamp for a local event.")
+      .def("observe", &HybridLogicalClock::Observe, py::arg("remote"),
+           "Merge a remote timestamp: later now() results are after it.")
+      .def_property_readonly("last", &HybridLogicalClock::Last, "The latest timestamp issued or observed.")
+      .def_static("physical_ms", &HybridLogicalClock::PhysicalMs, py::arg("hlc"),
+                  "The wall-clock milliseconds part of a timestamp.")
+      .def_static("logical", &HybridLogicalClock::Logical, py::arg("hlc"),
+                  "The logical counter part of a timestamp.")
+      .def_static("pack", &HybridLogicalClock::Pack, py::arg("physical_ms"), py::arg("logical"),
+                  "Build a timestamp from milliseconds and a counter (0..65535).");
 }
 
 }  // namespace cpcsync::py_bindings

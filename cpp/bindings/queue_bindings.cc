@@ -382,6 +382,14 @@ expires into the dead letters. delay: seconds before it may be delivered.)doc")
             q.Close();
           },
           "Close the queue; in-flight ops become pending again. Idempotent.")
+      .def(
+          "observe_hlc",
+          [](SyncQueue& q, uint64_t remote) { q.hlc().Observe(remote); }, py::arg("remote"),
+          "Merge a remote HLC timestamp (say, a server's version stamp): operations enqueued "
+          "later get larger stamps.")
+      .def_property_readonly(
+          "last_hlc", [](SyncQueue& q) { return q.hlc().Last(); },
+          "The latest HLC stamp this handle issued or observed.")
       .def_property_readonly("closed", &SyncQueue::closed, "True once close() was called.")
       .def_property_readonly(
           "path",

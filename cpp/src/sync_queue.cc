@@ -64,6 +64,7 @@ int64_t SyncQueue::Enqueue(NewOp op) {
   batch.clear();
   batch.push_back(Stamp(std::move(op), clock_->Now()));
   const int64_t id = storage_->Insert(batch, limits_).front();
+  hlc_.Observe(batch.front().hlc);  // the storage may have raised it to follow commit order
   batch.clear();
   waiter_->Notify();
   return id;
@@ -77,6 +78,7 @@ std::vector<int64_t> SyncQueue::EnqueueMany(std::vector<NewOp> ops) {
   for (auto& op : ops) batch.push_back(Stamp(std::move(op), now));
   if (batch.empty()) return {};
   auto ids = storage_->Insert(batch, limits_);
+  hlc_.Observe(batch.back().hlc);
   waiter_->Notify();
   return ids;
 }

@@ -14,6 +14,7 @@ import enum
 from cpcsync import _core
 from cpcsync._core import (
     Clock,
+    HybridLogicalClock,
     Operation,
     SyncQueue,
     SystemClock,
@@ -51,6 +52,7 @@ class Priority(enum.IntEnum):
 __all__ = [
     "Clock",
     "CorruptDatabaseError",
+    "HybridLogicalClock",
     "InvalidArgumentError",
     "NotAQueueError",
     "Operation",

@@ -12,6 +12,7 @@ import typing
 Payload: typing.TypeAlias = bytes | bytearray | memoryview | str | typing.Any
 __all__: list[str] = [
     "Clock",
+    "HybridLogicalClock",
     "Operation",
     "SyncQueue",
     "SystemClock",
@@ -281,6 +282,11 @@ class SyncQueue:
         """
         The queue's clock.
         """
+    def observe_hlc(self, remote: int) -> None:
+        """Merge a remote HLC timestamp: operations enqueued later get larger stamps."""
+    @property
+    def last_hlc(self) -> int:
+        """The latest HLC stamp this handle issued or observed."""
     @property
     def closed(self) -> bool:
         """
@@ -311,3 +317,30 @@ def set_log_level(level: str) -> None:
     """
     Set the level of cpcsync's C++ logging: trace, debug, info, warning, error, critical or off (default warning). Records go to the Python logger 'cpcsync'.
     """
+
+class HybridLogicalClock:
+    """
+    A hybrid logical clock (Kulkarni et al., 2014): timestamps that order events
+    across machines whose wall clocks disagree. A timestamp is an int with physical
+    milliseconds in the high 48 bits and a logical counter in the low 16. now() is
+    strictly greater than every timestamp returned or observed before, even when the
+    wall clock jumps backwards. Queues stamp every operation with one (op.hlc).
+    """
+    @staticmethod
+    def logical(hlc: int) -> int:
+        """The logical counter part of a timestamp."""
+    @staticmethod
+    def pack(physical_ms: int, logical: int) -> int:
+        """Build a timestamp from milliseconds and a counter (0..65535)."""
+    @staticmethod
+    def physical_ms(hlc: int) -> int:
+        """The wall-clock milliseconds part of a timestamp."""
+    def __init__(self, clock: Clock | None = None, last: int = 0) -> None:
+        """A clock reading `clock` (SystemClock by default) whose stamps start after `last`."""
+    def now(self) -> int:
+        """A new timestamp for a local event."""
+    def observe(self, remote: int) -> None:
+        """Merge a remote timestamp: later now() results are after it."""
+    @property
+    def last(self) -> int:
+        """The latest timestamp issued or observed."""
