@@ -13,8 +13,15 @@ import enum
 
 from cpcsync import _core
 from cpcsync._core import (
+    BackoffStrategy,
+    CallableBackoff,
+    CappedBackoff,
     Clock,
+    ConstantBackoff,
+    ExponentialBackoff,
+    LinearBackoff,
     Operation,
+    SumBackoff,
     SyncQueue,
     SystemClock,
     VirtualClock,
@@ -49,9 +56,15 @@ class Priority(enum.IntEnum):
 
 
 __all__ = [
+    "BackoffStrategy",
+    "CallableBackoff",
+    "CappedBackoff",
     "Clock",
+    "ConstantBackoff",
     "CorruptDatabaseError",
+    "ExponentialBackoff",
     "InvalidArgumentError",
+    "LinearBackoff",
     "NotAQueueError",
     "Operation",
     "OperationStateError",
@@ -61,6 +74,7 @@ __all__ = [
     "QueueLockedError",
     "SQLiteError",
     "StorageError",
+    "SumBackoff",
     "SyncError",
     "SyncQueue",
     "SystemClock",
