@@ -139,6 +139,10 @@ ExponentialBackoff::ExponentialBackoff(double base, double factor, double max_de
   if (jitter == Jitter::kDecorrelated && base == 0) {
     ThrowInvalid("decorrelated jitter needs base > 0 (with base 0 every delay would be 0)");
   }
+  if (base > 0 && factor > 1) {
+    log_factor_ = std::log(factor);
+    log_limit_ = std::log(max_delay) - std::log(base) + 1e-9;  // margin for rounding
+  }
 }
 
 double ExponentialBackoff::Expo(int attempt) const {
@@ -147,7 +151,7 @@ double ExponentialBackoff::Expo(int attempt) const {
   // In log space first: past the cap (with a margin for rounding), answer the cap
   // without computing a power that could overflow. Below it, the plain product, so
   // the value is exactly what `base * factor ** (n - 1)` gives in Python.
-  if (k * std::log(factor_) > std::log(max_delay_) - std::log(base_) + 1e-9) return max_delay_;
+  if (k * log_factor_ > log_limit_) return max_delay_;
   return std::min(max_delay_, base_ * std::pow(factor_, k));
 }
 

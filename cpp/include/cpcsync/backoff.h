@@ -128,6 +128,8 @@ class ExponentialBackoff final : public BackoffStrategy {
   const double base_, factor_, max_delay_;
   const Jitter jitter_;
   const std::optional<uint64_t> seed_;
+  // Expo() is max_delay_ once (n-1) * log(factor) exceeds log(max_delay) - log(base).
+  double log_factor_ = 0, log_limit_ = 0;
   mutable std::mutex mu_;
   mutable std::mt19937_64 rng_;  // guarded by mu_ (Clone draws a seed from it)
   double previous_;              // decorrelated history, guarded by mu_
