@@ -312,7 +312,7 @@ def test_sum_of_strategies_and_numbers() -> None:
     with pytest.raises(TypeError):
         e + "1"  # type: ignore[operator]
     with pytest.raises(TypeError):
-        e + True  # type: ignore[operator]
+        e + True
     with pytest.raises(cs.InvalidArgumentError):
         e + (-1.0)
 

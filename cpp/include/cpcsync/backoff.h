@@ -30,14 +30,15 @@
 // comes from whichever operation called last.
 //
 // Randomness. Each jittered ExponentialBackoff owns a std::mt19937_64. With a seed it
-// is seeded with exactly that value, so the sequence of delays is reproducible on any
-// platform: a uniform(a, b) draw is a + (b - a) * u with u = (g() >> 11) * 2^-53 (the
-// standard fixes mt19937_64's output; we do not use std::uniform_real_distribution,
-// whose algorithm is implementation-defined). Without a seed it is seeded from
-// std::random_device. Clone() of a seeded strategy is seeded with the next output of
-// the original's generator: reproducible for a given order of calls, and different
-// clones draw different sequences (identical jitter across operations would defeat
-// its purpose). Clone() of an unseeded one is seeded from std::random_device.
+// is seeded with exactly that value, and a uniform(a, b) draw is a + (b - a) * u with
+// u = (g() >> 11) * 2^-53. The standard fixes mt19937_64's output and we do not use
+// std::uniform_real_distribution (whose algorithm is implementation-defined), so a seed
+// gives the same draws on any platform (a delay may differ in its last bit only where
+// libm's pow rounds differently, never for powers of two). Without a seed it is seeded
+// from std::random_device. Clone() of a seeded strategy is seeded with the next output
+// of the original's generator: reproducible for a given order of calls, and different
+// clones draw different sequences (identical jitter across operations would defeat its
+// purpose). Clone() of an unseeded one is seeded from std::random_device.
 //
 // Thread-safety: every method is safe to call from any thread. The generator and
 // the decorrelated history are guarded by a mutex held only for the arithmetic;
