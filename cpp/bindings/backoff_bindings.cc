@@ -7,6 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <climits>
+#include <cmath>
 #include <exception>
 #include <thread>
 #include <vector>
@@ -31,6 +32,10 @@ int AttemptArg(py::handle n) {
 
 // A delay returned by Python code: a real number, finite and >= 0. Needs the GIL.
 double DelayFromPython(py::handle result, py::handle source) {
+  if (PyFloat_CheckExact(result.ptr())) {  // the common case, without building messages
+    const double d = PyFloat_AS_DOUBLE(result.ptr());
+    if (std::isfinite(d) && d >= 0) return d;
+  }
   const std::string who = std::string(py::repr(source));
   const double d = StrictSeconds(result, ("the delay returned by " + who).c_str());
   return CheckDelay(d, who);
