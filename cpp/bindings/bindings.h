@@ -3,7 +3,12 @@
 
 #include <pybind11/pybind11.h>
 
+#include <memory>
 #include <string>
+
+namespace cpcsync {
+class BackoffStrategy;
+}
 
 namespace cpcsync::py_bindings {
 
@@ -13,6 +18,7 @@ void InitErrors(py::module_& m);
 void InitClock(py::module_& m);
 void InitLog(py::module_& m);
 void InitQueue(py::module_& m);
+void InitBackoff(py::module_& m);
 
 // Payloads: bytes-like as is, str as UTF-8, anything else as compact JSON.
 std::string PayloadBytes(py::handle obj);
@@ -20,5 +26,9 @@ std::string PayloadBytes(py::handle obj);
 long long StrictInt(py::handle obj, const char* name);
 // A real number (int or float, not bool) as double; TypeError otherwise.
 double StrictSeconds(py::handle obj, const char* name);
+
+// A cs.BackoffStrategy (built-in or Python subclass) as is, or a plain callable
+// fn(n) -> float wrapped as a CallableBackoff; TypeError otherwise. Needs the GIL.
+std::shared_ptr<BackoffStrategy> BackoffFromPython(py::handle obj);
 
 }  // namespace cpcsync::py_bindings

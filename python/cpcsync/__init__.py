@@ -13,9 +13,16 @@ import enum
 
 from cpcsync import _core
 from cpcsync._core import (
+    BackoffStrategy,
+    CallableBackoff,
+    CappedBackoff,
     Clock,
+    ConstantBackoff,
+    ExponentialBackoff,
     HybridLogicalClock,
+    LinearBackoff,
     Operation,
+    SumBackoff,
     SyncQueue,
     SystemClock,
     VirtualClock,
@@ -50,10 +57,16 @@ class Priority(enum.IntEnum):
 
 
 __all__ = [
+    "BackoffStrategy",
+    "CallableBackoff",
+    "CappedBackoff",
     "Clock",
+    "ConstantBackoff",
     "CorruptDatabaseError",
+    "ExponentialBackoff",
     "HybridLogicalClock",
     "InvalidArgumentError",
+    "LinearBackoff",
     "NotAQueueError",
     "Operation",
     "OperationStateError",
@@ -63,6 +76,7 @@ __all__ = [
     "QueueLockedError",
     "SQLiteError",
     "StorageError",
+    "SumBackoff",
     "SyncError",
     "SyncQueue",
     "SystemClock",

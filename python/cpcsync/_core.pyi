@@ -11,9 +11,16 @@ import typing
 
 Payload: typing.TypeAlias = bytes | bytearray | memoryview | str | typing.Any
 __all__: list[str] = [
+    "BackoffStrategy",
+    "CallableBackoff",
+    "CappedBackoff",
     "Clock",
+    "ConstantBackoff",
+    "ExponentialBackoff",
     "HybridLogicalClock",
+    "LinearBackoff",
     "Operation",
+    "SumBackoff",
     "SyncQueue",
     "SystemClock",
     "VirtualClock",
@@ -57,6 +64,177 @@ class VirtualClock(Clock):
     def advance_to(self, t: float) -> None:
         """
         Move time to `t` if it is later than now.
+        """
+
+class BackoffStrategy:
+    """
+    How long to wait before retrying an operation that failed: next_delay(n) is the delay in
+    seconds after the n-th failed attempt (n >= 1), finite and >= 0.
+
+    Built-ins: ConstantBackoff, LinearBackoff, ExponentialBackoff. Compose them with `a + b`
+    (the delays add up, as tenacity's wait_combine), `a + 0.5` (a fixed extra delay) and
+    `a.capped(max_delay)` (no delay above max_delay).
+
+    Custom strategies: subclass and override next_delay(n) (call super().__init__() if you
+    define __init__); C++ (the engine) then calls it like a built-in, taking the GIL for
+    the call, and exceptions it raises propagate. A strategy whose delays depend on earlier
+    calls of the same retry sequence should also override clone() to return a fresh
+    instance; an engine then keeps one clone per operation. A plain function fn(n) -> float
+    works too, wrapped as CallableBackoff(fn).
+    """
+    def __init__(self) -> None: ...
+    def __add__(self, other: BackoffStrategy | float) -> BackoffStrategy:
+        """
+        A strategy whose delays are this one's plus other's (or plus a number).
+        """
+    def __radd__(self, other: BackoffStrategy | float) -> BackoffStrategy:
+        """
+        number + strategy.
+        """
+    def capped(self, max_delay: float) -> CappedBackoff:
+        """
+        This strategy with every delay limited to max_delay seconds.
+        """
+    def clone(self) -> BackoffStrategy:
+        """
+        A strategy with the same parameters and no history of earlier calls (a new retry sequence). Seeded strategies give each clone its own reproducible seed.
+        """
+    def next_delay(self, n: int) -> float:
+        """
+        Seconds to wait after the n-th failed attempt (n >= 1; InvalidArgumentError otherwise).
+        """
+    @property
+    def stateful(self) -> bool:
+        """
+        True when delays depend on earlier calls of the same sequence (decorrelated jitter, or a subclass that overrides clone()).
+        """
+
+@typing.final
+class ConstantBackoff(BackoffStrategy):
+    """
+    The same delay after every failure.
+    """
+    def __init__(self, delay: float) -> None: ...
+    def __repr__(self) -> str: ...
+    @property
+    def delay(self) -> float:
+        """
+        The delay in seconds.
+        """
+
+@typing.final
+class LinearBackoff(BackoffStrategy):
+    """
+    Delays growing by a fixed step: min(max_delay, base + step * (n - 1)).
+    """
+    def __init__(self, base: float, step: float, max_delay: float = 60.0) -> None: ...
+    def __repr__(self) -> str: ...
+    @property
+    def base(self) -> float:
+        """
+        The first delay.
+        """
+    @property
+    def max_delay(self) -> float:
+        """
+        No delay exceeds this.
+        """
+    @property
+    def step(self) -> float:
+        """
+        Added after each further failure.
+        """
+
+@typing.final
+class ExponentialBackoff(BackoffStrategy):
+    """
+    Exponential backoff with jitter, as in the AWS note "Exponential Backoff And Jitter".
+    With expo(n) = min(max_delay, base * factor ** (n - 1)):
+
+    - jitter="none":         expo(n)
+    - jitter="full":         uniform(0, expo(n))                (the default)
+    - jitter="equal":        expo(n) / 2 + uniform(0, expo(n) / 2)
+    - jitter="decorrelated": min(max_delay, uniform(base, previous * 3)), previous = base at
+      n == 1 (or when n does not grow): this one remembers its sequence; see clone().
+
+    Any n, however large, gives a finite delay <= max_delay. seed (an int in [0, 2**64))
+    makes the delays reproducible (std::mt19937_64); without it the generator is seeded
+    from the OS. InvalidArgumentError (a ValueError) for a negative or non-finite base,
+    factor < 1, max_delay < base, or an unknown jitter. Thread-safe.
+    """
+    def __init__(
+        self,
+        base: float = 0.1,
+        factor: float = 2.0,
+        max_delay: float = 60.0,
+        jitter: typing.Literal["none", "full", "equal", "decorrelated"] = "full",
+        seed: int | None = None,
+    ) -> None: ...
+    def __repr__(self) -> str: ...
+    def expo(self, n: int) -> float:
+        """
+        min(max_delay, base * factor ** (n - 1)): the delay before jitter.
+        """
+    @property
+    def base(self) -> float:
+        """
+        The first delay before jitter.
+        """
+    @property
+    def factor(self) -> float:
+        """
+        Growth per failure.
+        """
+    @property
+    def jitter(self) -> typing.Literal["none", "full", "equal", "decorrelated"]:
+        """
+        'none', 'full', 'equal' or 'decorrelated'.
+        """
+    @property
+    def max_delay(self) -> float:
+        """
+        No delay exceeds this.
+        """
+    @property
+    def seed(self) -> int | None:
+        """
+        The seed, or None.
+        """
+
+@typing.final
+class SumBackoff(BackoffStrategy):
+    """
+    Two strategies' delays added up: what `a + b` returns.
+    """
+    def __init__(self, a: BackoffStrategy, b: BackoffStrategy) -> None: ...
+    def __repr__(self) -> str: ...
+
+@typing.final
+class CappedBackoff(BackoffStrategy):
+    """
+    A strategy with every delay limited to max_delay: what `s.capped(max_delay)` returns.
+    """
+    def __init__(self, strategy: BackoffStrategy, max_delay: float) -> None: ...
+    def __repr__(self) -> str: ...
+    @property
+    def max_delay(self) -> float:
+        """
+        The cap.
+        """
+
+@typing.final
+class CallableBackoff(BackoffStrategy):
+    """
+    A plain function fn(n) -> float as a strategy: next_delay(n) calls fn(n), which must
+    return a finite number >= 0 (InvalidArgumentError otherwise; TypeError for a
+    non-number). Exceptions fn raises propagate unchanged.
+    """
+    def __init__(self, fn: collections.abc.Callable[[int], float]) -> None: ...
+    def __repr__(self) -> str: ...
+    @property
+    def fn(self) -> collections.abc.Callable[[int], float]:
+        """
+        The wrapped callable.
         """
 
 class Operation:
@@ -297,6 +475,15 @@ class SyncQueue:
         """
         The queue file, or None for an in-memory queue.
         """
+
+def _backoff_delays(
+    strategy: BackoffStrategy | collections.abc.Callable[[int], float],
+    attempts: int,
+    threads: int = 1,
+) -> list[list[float]]:
+    """
+    Tests: next_delay(1..attempts) from `threads` C++ threads (GIL released); their delays.
+    """
 
 def _log(level: str, text: str) -> None:
     """
