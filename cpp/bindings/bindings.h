@@ -13,6 +13,7 @@ void InitErrors(py::module_& m);
 void InitClock(py::module_& m);
 void InitLog(py::module_& m);
 void InitQueue(py::module_& m);
+void InitMonitor(py::module_& m);
 
 // Payloads: bytes-like as is, str as UTF-8, anything else as compact JSON.
 std::string PayloadBytes(py::handle obj);

@@ -9,4 +9,5 @@ PYBIND11_MODULE(_core, m) {
   b::InitClock(m);
   b::InitLog(m);
   b::InitQueue(m);
+  b::InitMonitor(m);
 }
