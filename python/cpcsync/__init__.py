@@ -2,8 +2,8 @@
 
 Record what users do as operations in a durable, prioritised outbox
 (:class:`SyncQueue`); cpcsync keeps them on local disk and delivers them when the
-network allows: most important first, in order per key, nothing lost across
-crashes.
+network allows (:class:`NetworkMonitor` says when): most important first, in order
+per key, nothing lost across crashes.
 """
 
 from __future__ import annotations
@@ -14,9 +14,12 @@ import enum
 from cpcsync import _core
 from cpcsync._core import (
     Clock,
+    NetworkMonitor,
     Operation,
+    Probe,
     SyncQueue,
     SystemClock,
+    TcpProbe,
     VirtualClock,
     flush_logs,
     set_log_level,
@@ -52,10 +55,12 @@ __all__ = [
     "Clock",
     "CorruptDatabaseError",
     "InvalidArgumentError",
+    "NetworkMonitor",
     "NotAQueueError",
     "Operation",
     "OperationStateError",
     "Priority",
+    "Probe",
     "QueueClosedError",
     "QueueFullError",
     "QueueLockedError",
@@ -64,6 +69,7 @@ __all__ = [
     "SyncError",
     "SyncQueue",
     "SystemClock",
+    "TcpProbe",
     "VirtualClock",
     "__version__",
     "flush_logs",
