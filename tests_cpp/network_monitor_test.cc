@@ -124,7 +124,8 @@ TEST(NetworkMonitor, ManualTransitionsNotifyOnlyOnChangeInSubscriptionOrder) {
   NetworkMonitor m(Opts(false), nullptr, clock);
   std::vector<std::string> calls;
   m.Subscribe([&](bool c) { calls.push_back(std::string("a:") + (c ? "up" : "down")); });
-  const auto b = m.Subscribe([&](bool c) { calls.push_back(std::string("b:") + (c ? "up" : "down")); });
+  const auto b =
+      m.Subscribe([&](bool c) { calls.push_back(std::string("b:") + (c ? "up" : "down")); });
   m.Subscribe([&](bool c) { calls.push_back(std::string("c:") + (c ? "up" : "down")); });
 
   m.SetConnected(false);  // no change: nobody is told

@@ -240,10 +240,9 @@ raises is logged and counted (observer_errors).)doc")
              return ReleasingGilOnDestroy(
                  std::make_shared<NetworkMonitor>(o, ProbeFrom(probe), std::move(clock)));
            }),
-           py::arg("connected") = false, py::arg("probe") = py::none(),
-           py::arg("interval") = 5.0, py::arg("up_after") = 1, py::arg("down_after") = 1,
-           py::arg("clock") = nullptr, py::arg("min_transition_interval") = 0.0,
-           py::arg("probe_timeout") = py::none())
+           py::arg("connected") = false, py::arg("probe") = py::none(), py::arg("interval") = 5.0,
+           py::arg("up_after") = 1, py::arg("down_after") = 1, py::arg("clock") = nullptr,
+           py::arg("min_transition_interval") = 0.0, py::arg("probe_timeout") = py::none())
       .def_property_readonly("is_connected", &NetworkMonitor::IsConnected,
                              "True while the monitor considers the network usable.")
       .def(

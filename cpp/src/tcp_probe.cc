@@ -28,8 +28,8 @@ bool TcpProbe::Check(double timeout) {
   if (!std::isfinite(timeout) || timeout <= 0) timeout = timeout_;
   using Clock = std::chrono::steady_clock;
   const auto deadline =
-      Clock::now() + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(
-                         std::min(timeout, 86400.0)));
+      Clock::now() + std::chrono::duration_cast<Clock::duration>(
+                         std::chrono::duration<double>(std::min(timeout, 86400.0)));
   asio::io_context io;
   asio::error_code ec;
   // Blocking getaddrinfo: Asio's async resolver would run it on a thread of its own

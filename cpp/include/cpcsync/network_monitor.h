@@ -66,18 +66,18 @@ struct NetworkMonitorOptions {
 struct NetworkMonitorStats {
   bool connected = false;
   bool probing = false;
-  std::optional<bool> pending;       // a transition deferred by flap damping
-  uint64_t transitions = 0;          // state changes applied
-  uint64_t damped = 0;               // requests deferred by flap damping
-  uint64_t observer_calls = 0;       // observer invocations (including failed ones)
-  uint64_t observer_errors = 0;      // observers that threw
-  uint64_t probes = 0;               // probe checks that ended (or timed out)
-  uint64_t probe_failures = 0;       // of which failed: false, threw, or timed out
-  uint64_t probe_timeouts = 0;       // of which timed out (hung past probe_timeout)
-  uint64_t passive_failures = 0;     // ReportFailure() calls
-  uint64_t passive_successes = 0;    // ReportSuccess() calls
-  int consecutive_successes = 0;     // current run of successful probes
-  int consecutive_failures = 0;      // current run of failed probes
+  std::optional<bool> pending;               // a transition deferred by flap damping
+  uint64_t transitions = 0;                  // state changes applied
+  uint64_t damped = 0;                       // requests deferred by flap damping
+  uint64_t observer_calls = 0;               // observer invocations (including failed ones)
+  uint64_t observer_errors = 0;              // observers that threw
+  uint64_t probes = 0;                       // probe checks that ended (or timed out)
+  uint64_t probe_failures = 0;               // of which failed: false, threw, or timed out
+  uint64_t probe_timeouts = 0;               // of which timed out (hung past probe_timeout)
+  uint64_t passive_failures = 0;             // ReportFailure() calls
+  uint64_t passive_successes = 0;            // ReportSuccess() calls
+  int consecutive_successes = 0;             // current run of successful probes
+  int consecutive_failures = 0;              // current run of failed probes
   std::optional<double> last_transition_at;  // clock time of the last transition
 };
 
