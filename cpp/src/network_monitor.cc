@@ -424,7 +424,7 @@ class NetworkMonitor::Impl {
         if (abandoned_ && !abandoned_->Done()) {
           // One check at a time: a check abandoned earlier is still running.
           ++probe_timeouts_;
-          Log().warn("network monitor: the previous probe is still running; counted as failed");
+          Log().debug("network monitor: the previous probe is still running; counted as failed");
           OnProbeResultLocked(false, now);
           DeliverLocked(lock);
           continue;
