@@ -19,11 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bench_backoff
+import bench_monitor
 import bench_queue
 import harness
 
 REPO = Path(__file__).resolve().parent.parent
-GROUPS: list[Callable[[], harness.Group]] = [bench_queue.group, bench_backoff.group]
+GROUPS: list[Callable[[], harness.Group]] = [
+    bench_queue.group,
+    bench_backoff.group,
+    bench_monitor.group,
+]
 CASE_TIMEOUT_S = 300  # a case that hangs dumps every thread's stack and ends the run
 
 

@@ -10,4 +10,5 @@ PYBIND11_MODULE(_core, m) {
   b::InitLog(m);
   b::InitQueue(m);
   b::InitBackoff(m);
+  b::InitMonitor(m);
 }

@@ -2,8 +2,8 @@
 
 Record what users do as operations in a durable, prioritised outbox
 (:class:`SyncQueue`); cpcsync keeps them on local disk and delivers them when the
-network allows: most important first, in order per key, nothing lost across
-crashes.
+network allows (:class:`NetworkMonitor` says when): most important first, in order
+per key, nothing lost across crashes.
 """
 
 from __future__ import annotations
@@ -21,10 +21,13 @@ from cpcsync._core import (
     ExponentialBackoff,
     HybridLogicalClock,
     LinearBackoff,
+    NetworkMonitor,
     Operation,
+    Probe,
     SumBackoff,
     SyncQueue,
     SystemClock,
+    TcpProbe,
     VirtualClock,
     flush_logs,
     set_log_level,
@@ -67,10 +70,12 @@ __all__ = [
     "HybridLogicalClock",
     "InvalidArgumentError",
     "LinearBackoff",
+    "NetworkMonitor",
     "NotAQueueError",
     "Operation",
     "OperationStateError",
     "Priority",
+    "Probe",
     "QueueClosedError",
     "QueueFullError",
     "QueueLockedError",
@@ -80,6 +85,7 @@ __all__ = [
     "SyncError",
     "SyncQueue",
     "SystemClock",
+    "TcpProbe",
     "VirtualClock",
     "__version__",
     "flush_logs",

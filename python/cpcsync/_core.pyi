@@ -19,10 +19,13 @@ __all__: list[str] = [
     "ExponentialBackoff",
     "HybridLogicalClock",
     "LinearBackoff",
+    "NetworkMonitor",
     "Operation",
+    "Probe",
     "SumBackoff",
     "SyncQueue",
     "SystemClock",
+    "TcpProbe",
     "VirtualClock",
     "flush_logs",
     "set_log_level",
@@ -484,6 +487,137 @@ def _backoff_delays(
     """
     Tests: next_delay(1..attempts) from `threads` C++ threads (GIL released); their delays.
     """
+
+class Probe:
+    """
+    Base class of the built-in reachability probes (TcpProbe). A NetworkMonitor also
+    accepts any callable `fn() -> bool` as its probe; it need not derive from this.
+    """
+    def check(self, timeout: float) -> bool:
+        """
+        Run one check (GIL released) and return whether the target is reachable.
+        """
+
+class TcpProbe(Probe):
+    """
+    Succeeds when a TCP handshake with host:port completes within `timeout` seconds
+    (a real non-blocking connect; nothing is sent and the connection is closed at once).
+    Refused, unreachable, unresolvable and timed-out connections are failures. Calling
+    the probe runs one check and returns a bool.
+    """
+    def __init__(self, host: str, port: int, timeout: float = 1.0) -> None: ...
+    def __call__(self) -> bool:
+        """
+        Run one check with the probe's timeout (GIL released); True if the handshake completed.
+        """
+    def __repr__(self) -> str: ...
+    @property
+    def host(self) -> str:
+        """
+        The host name or address to connect to.
+        """
+    @property
+    def port(self) -> int:
+        """
+        The TCP port.
+        """
+    @property
+    def timeout(self) -> float:
+        """
+        Seconds a check may take.
+        """
+
+class NetworkMonitor:
+    """
+    Whether the network is usable, and who to tell when that changes.
+
+    The state changes by set_connected(), or, once start() was called, by running
+    `probe` every `interval` seconds on `clock`: `up_after` consecutive successes bring
+    it online, `down_after` consecutive failures take it offline. A probe that returns
+    false, raises, or runs longer than `probe_timeout` (default: the probe's own
+    timeout, else `interval`) is a failure. report_failure()/report_success() make a
+    probing monitor probe at once. With min_transition_interval > 0, transitions are
+    at least that far apart: a change requested sooner is applied when the window ends
+    if it is still wanted (flap damping). Observers `fn(connected: bool)` are called
+    once per transition, in subscription order, on the thread that caused it; one that
+    raises is logged and counted (observer_errors).
+    """
+    def __init__(
+        self,
+        connected: bool = False,
+        probe: Probe | collections.abc.Callable[[], object] | None = None,
+        interval: float = 5.0,
+        up_after: int = 1,
+        down_after: int = 1,
+        clock: Clock | None = None,
+        min_transition_interval: float = 0.0,
+        probe_timeout: float | None = None,
+    ) -> None: ...
+    def __repr__(self) -> str: ...
+    def _subscribe_noop(self) -> int:
+        """
+        Subscribe a C++ observer that does nothing (benchmarks).
+        """
+    def report_failure(self) -> None:
+        """
+        Passive signal (a delivery failed): a probing monitor probes at once. Never changes the state by itself.
+        """
+    def report_success(self) -> None:
+        """
+        Passive signal (a delivery worked): a probing monitor probes at once. Never changes the state by itself.
+        """
+    def set_connected(self, connected: bool) -> None:
+        """
+        Set the state (GIL released). On a change, observers are called before it returns (unless flap damping defers the change, or it is called from an observer).
+        """
+    def start(self) -> None:
+        """
+        Start probing: a check at once, then every `interval`. No-op without a probe or when already probing.
+        """
+    def stats(self) -> dict[str, typing.Any]:
+        """
+        Counters and state: connected, probing, pending (a transition deferred by damping, or None), transitions, damped, observer_calls, observer_errors, probes, probe_failures, probe_timeouts, passive_failures, passive_successes, consecutive_successes, consecutive_failures, last_transition_at (clock time or None).
+        """
+    def stop(self) -> None:
+        """
+        Stop probing. Returns at once, even while a probe is blocked (that check is abandoned and its result ignored).
+        """
+    def subscribe(self, fn: collections.abc.Callable[[bool], object]) -> int:
+        """
+        Call fn(connected: bool) on every transition from now on; returns a token for unsubscribe().
+        """
+    def unsubscribe(self, token: int) -> bool:
+        """
+        Stop calling the observer subscribed with `token`; False if it was not subscribed.
+        """
+    def wait_for_probes(self, count: int, timeout: float | None = None) -> bool:
+        """
+        Block (GIL released) until `count` probe checks in all have ended and been applied, or `timeout` seconds pass on the clock. Returns whether the count was reached.
+        """
+    def wait_until(self, state: bool, timeout: float | None = None) -> bool:
+        """
+        Block (GIL released) until is_connected == state or `timeout` seconds pass on the monitor's clock (None: no limit). Returns whether the state was reached.
+        """
+    @property
+    def clock(self) -> Clock:
+        """
+        The monitor's clock.
+        """
+    @property
+    def is_connected(self) -> bool:
+        """
+        True while the monitor considers the network usable.
+        """
+    @property
+    def observer_errors(self) -> int:
+        """
+        How many observer calls raised.
+        """
+    @property
+    def probing(self) -> bool:
+        """
+        True between start() and stop().
+        """
 
 def _log(level: str, text: str) -> None:
     """
