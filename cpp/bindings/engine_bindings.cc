@@ -1,0 +1,280 @@
+// cpcsync.SyncEngine, cpcsync.ProcessingSummary, and Python transports.
+#include <pybind11/functional.h>
+#include <pybind11/stl.h>
+
+#include "bindings.h"
+#include "cpcsync/errors.h"
+#include "cpcsync/sync_engine.h"
+
+namespace cpcsync::py_bindings {
+namespace {
+
+// A Python object owned from C++: released with the GIL held, or leaked if the
+// interpreter is already gone (never touched without the GIL).
+class PyRef {
+ public:
+  explicit PyRef(py::object obj) : obj_(std::make_unique<py::object>(std::move(obj))) {}
+  ~PyRef() {
+    if (!obj_) return;
+    if (!Py_IsInitialized()) {
+      (void)obj_.release();  // NOLINT: the interpreter is gone; nothing may touch it
+      return;
+    }
+    py::gil_scoped_acquire gil;
+    obj_.reset();
+  }
+  PyRef(const PyRef&) = delete;
+  PyRef& operator=(const PyRef&) = delete;
+  const py::object& get() const { return *obj_; }
+
+ private:
+  std::unique_ptr<py::object> obj_;
+};
+
+DeliveryResult FromException(const py::object& support, const py::object& exc) {
+  py::tuple t = support.attr("classify")(exc);
+  DeliveryResult r;
+  r.kind = static_cast<DeliveryResult::Kind>(t[0].cast<int>());
+  r.error = t[1].cast<std::string>();
+  r.retry_after = t[2].cast<double>();
+  if (r.kind == DeliveryResult::Kind::kConflict) {
+    if (!t[3].is_none()) r.remote.value = PayloadBytes(t[3]);
+    if (!t[4].is_none()) r.remote.hlc = t[4].cast<uint64_t>();
+    if (!t[5].is_none()) r.remote.version = t[5].cast<int64_t>();
+  }
+  return r;
+}
+
+// Calls a Python transport: a callable `fn(op)`, async or not; `send_batch(ops)`
+// when the object has one. The GIL is taken only for the call; the engine holds
+// no lock while it runs.
+class PyTransport final : public Transport {
+ public:
+  PyTransport(py::object transport, py::object loop)
+      : support_(py::module_::import("cpcsync._engine")),
+        transport_(transport),
+        runner_(support_.get().attr("LoopRunner")(loop)),
+        batch_(py::hasattr(transport, "send_batch")
+                   ? std::make_unique<PyRef>(transport.attr("send_batch"))
+                   : nullptr) {
+    if (!PyCallable_Check(transport.ptr())) {
+      throw py::type_error("transport must be callable (op) -> None, or have send_batch(ops)");
+    }
+  }
+  ~PyTransport() override {
+    if (!Py_IsInitialized()) return;
+    py::gil_scoped_acquire gil;
+    try {
+      runner_.get().attr("close")();
+    } catch (py::error_already_set& e) {
+      e.discard_as_unraisable("cpcsync transport loop close");
+    }
+  }
+
+  DeliveryResult Send(const Operation& op) override {
+    py::gil_scoped_acquire gil;
+    try {
+      support_.get().attr("invoke")(transport_.get(), op, runner_.get());
+      return DeliveryResult::Delivered();
+    } catch (py::error_already_set& e) {
+      return FromException(support_.get(), e.value());
+    }
+  }
+
+  bool SupportsBatch() const override { return batch_ != nullptr; }
+
+  std::vector<DeliveryResult> SendBatch(const std::vector<Operation>& ops) override {
+    py::gil_scoped_acquire gil;
+    std::vector<DeliveryResult> out;
+    try {
+      py::object results = support_.get().attr("invoke")(batch_->get(), py::cast(ops),
+                                                         runner_.get());
+      py::list items = results.is_none() ? py::list() : py::list(results);
+      for (size_t i = 0; i < ops.size(); ++i) {
+        if (results.is_none()) {
+          out.push_back(DeliveryResult::Delivered());
+          continue;
+        }
+        if (i >= items.size()) {
+          out.push_back(DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
+                                               "send_batch returned fewer results than ops"));
+          continue;
+        }
+        py::object exc = support_.get().attr("outcome_of")(items[i]);
+        out.push_back(exc.is_none() ? DeliveryResult::Delivered()
+                                    : FromException(support_.get(), exc));
+      }
+    } catch (py::error_already_set& e) {
+      const DeliveryResult r = FromException(support_.get(), e.value());
+      out.assign(ops.size(), r);
+    }
+    return out;
+  }
+
+ private:
+  PyRef support_;
+  PyRef transport_;
+  PyRef runner_;
+  std::unique_ptr<PyRef> batch_;
+};
+
+py::dict EventDict(const EngineEvent& e) {
+  py::dict d;
+  d["event"] = e.name;
+  d["op"] = e.op ? py::cast(*e.op) : py::none();
+  if (e.delay) d["delay"] = *e.delay;
+  if (e.error) d["error"] = *e.error;
+  if (e.remote) {
+    d["remote"] = py::bytes(e.remote->value);
+    d["remote_hlc"] = e.remote->hlc ? py::cast(*e.remote->hlc) : py::none();
+    d["remote_version"] = e.remote->version ? py::cast(*e.remote->version) : py::none();
+  }
+  if (e.connected) d["connected"] = *e.connected;
+  return d;
+}
+
+double Percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t idx = std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())));
+  return v[idx];
+}
+
+using EnginePtr = std::shared_ptr<SyncEngine>;
+
+}  // namespace
+
+void InitEngine(py::module_& m) {
+  py::class_<ProcessingSummary>(m, "ProcessingSummary", R"doc(
+What one process_once()/drain() did: successful (count), retried (list of
+(op_id, delay)), failed (list of (op_id, reason): dead-lettered), conflicts and
+superseded (counts).)doc")
+      .def_readonly("successful", &ProcessingSummary::successful, "Operations delivered.")
+      .def_readonly("retried", &ProcessingSummary::retried,
+                    "(op_id, delay seconds) for each operation scheduled for a retry.")
+      .def_readonly("failed", &ProcessingSummary::failed,
+                    "(op_id, reason) for each operation dead-lettered.")
+      .def_readonly("conflicts", &ProcessingSummary::conflicts, "Conflicts resolved.")
+      .def_readonly("superseded", &ProcessingSummary::superseded,
+                    "Operations completed by taking the server's value (use_remote).")
+      .def("__repr__", [](const ProcessingSummary& s) {
+        return "ProcessingSummary(successful=" + std::to_string(s.successful) +
+               ", retried=" + std::to_string(s.retried.size()) +
+               ", failed=" + std::to_string(s.failed.size()) +
+               ", conflicts=" + std::to_string(s.conflicts) + ")";
+      });
+
+  py::class_<SyncEngine, EnginePtr>(m, "SyncEngine", R"doc(
+Delivers a SyncQueue's operations through a transport: most important first, in
+order per key, retried with backoff while the monitor says connected, conflicts
+resolved, failures dead-lettered. transport: a callable (op) -> None (sync or
+async def) that signals failure by raising TransientError, PermanentError,
+ConflictError, RetryAfter, or OSError/TimeoutError (network); an object with
+send_batch(ops) gets up to batch_size ops per call and returns one entry per op
+(None for delivered, or an exception instance).)doc")
+      .def(py::init([](std::shared_ptr<SyncQueue> queue, py::object transport,
+                       std::shared_ptr<NetworkMonitor> monitor, py::object backoff,
+                       std::shared_ptr<ConflictResolver> resolver, int max_attempts,
+                       std::optional<double> max_elapsed, int concurrency, int batch_size,
+                       std::shared_ptr<Clock> clock, py::object loop) {
+             EngineOptions o;
+             o.max_attempts = max_attempts;
+             o.max_elapsed = max_elapsed;
+             o.concurrency = concurrency;
+             o.batch_size = batch_size;
+             auto t = std::make_shared<PyTransport>(transport, loop);
+             std::shared_ptr<BackoffStrategy> b =
+                 backoff.is_none() ? nullptr : BackoffFromPython(backoff);
+             return std::make_shared<SyncEngine>(std::move(queue), std::move(t),
+                                                 std::move(monitor), std::move(b),
+                                                 std::move(resolver), o, std::move(clock));
+           }),
+           py::arg("queue"), py::arg("transport"), py::kw_only(), py::arg("monitor") = nullptr,
+           py::arg("backoff") = py::none(), py::arg("resolver") = nullptr,
+           py::arg("max_attempts") = 10, py::arg("max_elapsed") = py::none(),
+           py::arg("concurrency") = 1, py::arg("batch_size") = 1, py::arg("clock") = nullptr,
+           py::arg("loop") = py::none(),
+           "monitor=None: always connected. backoff: a BackoffStrategy or callable n -> "
+           "seconds (default ExponentialBackoff()). resolver: default LastWriteWins(). "
+           "clock: default the queue's. loop: the asyncio loop for async transports (default "
+           "one the engine owns).")
+      .def("process_once", &SyncEngine::ProcessOnce, py::call_guard<py::gil_scoped_release>(),
+           "Deliver one round of ready operations on this thread (none while disconnected).")
+      .def("drain", &SyncEngine::Drain, py::arg("timeout") = py::none(),
+           py::call_guard<py::gil_scoped_release>(),
+           "Deliver until the queue is empty or `timeout` seconds pass on the engine's clock, "
+           "waiting for retries and reconnects without polling.")
+      .def("start", &SyncEngine::Start, py::call_guard<py::gil_scoped_release>(),
+           "Start the background workers (concurrency of them).")
+      .def("stop", &SyncEngine::Stop, py::arg("drain") = false, py::arg("timeout") = py::none(),
+           py::call_guard<py::gil_scoped_release>(),
+           "Stop the workers; drain=True first waits until idle. Returns False if a worker "
+           "was still inside the transport when `timeout` ran out (it finishes on its own).")
+      .def("wait_idle", &SyncEngine::WaitIdle, py::arg("timeout") = py::none(),
+           py::call_guard<py::gil_scoped_release>(),
+           "Block until nothing is in flight and nothing is deliverable now (or the network "
+           "is down). False on timeout.")
+      .def_property_readonly("running", &SyncEngine::running, "True between start() and stop().")
+      .def(
+          "on",
+          [](SyncEngine& e, const std::string& event, py::function fn) {
+            auto ref = std::make_shared<PyRef>(fn);
+            e.On(event, [ref, event](const EngineEvent& ev) {
+              py::gil_scoped_acquire gil;
+              try {
+                ref->get()(EventDict(ev));
+              } catch (py::error_already_set& err) {
+                throw std::runtime_error("'" + event + "' callback raised: " + err.what());
+              }
+            });
+          },
+          py::arg("event"), py::arg("fn"),
+          "Call fn(info: dict) on 'delivered', 'retry', 'dead_letter', 'conflict', "
+          "'superseded' or 'network'. info has 'event', 'op' and, as relevant, 'delay', "
+          "'error', 'remote', 'remote_hlc', 'remote_version', 'connected'. Exceptions are "
+          "logged and counted, never propagated.")
+      .def(
+          "stats",
+          [](SyncEngine& e) {
+            EngineStats s;
+            QueueStats q;
+            double now;
+            {
+              py::gil_scoped_release release;
+              s = e.Stats();
+              q = e.queue()->Stats();
+              now = e.clock()->Now();
+            }
+            py::dict d;
+            d["delivered"] = s.delivered;
+            d["retried"] = s.retried;
+            d["dead_lettered"] = s.dead_lettered;
+            d["conflicts"] = s.conflicts;
+            d["superseded"] = s.superseded;
+            d["in_flight"] = s.in_flight;
+            d["transport_calls"] = s.transport_calls;
+            d["callback_errors"] = s.listener_errors;
+            d["running"] = s.running;
+            py::dict depth;
+            for (auto& [p, n] : q.by_priority) depth[py::int_(p)] = n;
+            d["depth_by_priority"] = depth;
+            d["pending"] = q.pending;
+            d["oldest_pending_age"] = q.oldest_pending_created_at
+                                          ? py::cast(now - *q.oldest_pending_created_at)
+                                          : py::none();
+            py::dict lat;
+            lat["p50"] = Percentile(s.latencies, 0.50);
+            lat["p90"] = Percentile(s.latencies, 0.90);
+            lat["p99"] = Percentile(s.latencies, 0.99);
+            lat["samples"] = s.latencies.size();
+            d["latency"] = lat;
+            return d;
+          },
+          "Counters (delivered, retried, dead_lettered, conflicts, superseded, in_flight, "
+          "callback_errors), queue depth by priority, oldest pending age, and delivery "
+          "latency percentiles (created -> acknowledged, seconds, recent deliveries).")
+      .def_property_readonly("queue", &SyncEngine::queue, "The engine's queue.")
+      .def_property_readonly("clock", &SyncEngine::clock, "The engine's clock.");
+}
+
+}  // namespace cpcsync::py_bindings

@@ -1,0 +1,148 @@
+// SyncEngine: delivers a queue's operations through a transport.
+//
+// Workers take ready operations while the monitor says connected (no monitor:
+// always connected), call the transport, and act on the result:
+//   delivered   -> ack
+//   transient   -> retry after backoff.NextDelay(attempts) (network failures also
+//                  call monitor.ReportFailure())
+//   retry-after -> retry after exactly the server's delay
+//   permanent   -> dead letter
+//   conflict    -> the resolver: use_local / merge resend the op against the remote
+//                  version (merge with the merged payload); use_remote completes it
+//                  as superseded. The remote HLC is observed into the queue's clock.
+// An op whose attempts reach max_attempts, or whose first attempt is max_elapsed
+// seconds old, is dead-lettered instead of retried, with its error kept.
+//
+// Workers sleep on the queue's Waiter and wake at once on enqueue, on a monitor
+// transition, and when the next retry comes due on the clock: no polling.
+// ProcessOnce()/Drain() run deliveries on the calling thread instead.
+//
+// Events ("delivered", "retry", "dead_letter", "conflict", "superseded", "network")
+// go to listeners registered with On(); they run on the thread that caused them,
+// with no engine lock held; a listener that throws is logged and counted.
+// Thread-safety: all methods are safe from any thread. Start/Stop may be repeated.
+// Own engines through std::shared_ptr (Start needs shared_from_this): running
+// workers keep their engine alive until Stop().
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "cpcsync/backoff.h"
+#include "cpcsync/conflict.h"
+#include "cpcsync/network_monitor.h"
+#include "cpcsync/sync_queue.h"
+#include "cpcsync/transport.h"
+
+namespace cpcsync {
+
+struct EngineOptions {
+  int max_attempts = 10;               // >= 1
+  std::optional<double> max_elapsed;   // seconds since the first attempt; > 0
+  int concurrency = 1;                 // worker threads (>= 1)
+  int batch_size = 1;                  // ops per transport call (>= 1)
+};
+
+// What one ProcessOnce()/Drain() did (the seed design's ProcessingSummary).
+struct ProcessingSummary {
+  int64_t successful = 0;
+  std::vector<std::pair<int64_t, double>> retried;      // (op id, delay)
+  std::vector<std::pair<int64_t, std::string>> failed;  // (op id, reason): dead-lettered
+  int64_t conflicts = 0;
+  int64_t superseded = 0;
+  void Add(const ProcessingSummary& other);
+};
+
+struct EngineEvent {
+  std::string name;
+  std::optional<Operation> op;
+  std::optional<double> delay;      // retry
+  std::optional<std::string> error;  // retry, dead_letter
+  std::optional<Remote> remote;      // conflict, superseded
+  std::optional<bool> connected;     // network
+};
+
+struct EngineStats {
+  int64_t delivered = 0, retried = 0, dead_lettered = 0, conflicts = 0, superseded = 0;
+  int64_t in_flight = 0, listener_errors = 0, transport_calls = 0;
+  bool running = false;
+  std::vector<double> latencies;  // recent delivery latencies (created -> acked), seconds
+};
+
+class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
+ public:
+  using Listener = std::function<void(const EngineEvent&)>;
+
+  // `monitor`, `backoff`, `resolver` may be null (always connected; the default
+  // ExponentialBackoff; LastWriteWins). `clock` null: the queue's clock.
+  SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transport> transport,
+             std::shared_ptr<NetworkMonitor> monitor, std::shared_ptr<BackoffStrategy> backoff,
+             std::shared_ptr<ConflictResolver> resolver, EngineOptions options,
+             std::shared_ptr<Clock> clock = {});
+  ~SyncEngine();
+  SyncEngine(const SyncEngine&) = delete;
+  SyncEngine& operator=(const SyncEngine&) = delete;
+
+  // One round on the calling thread: takes up to concurrency * batch_size ready ops
+  // (none while disconnected) and delivers them.
+  ProcessingSummary ProcessOnce();
+  // Rounds until the queue is empty or `timeout` seconds pass on the clock; waits
+  // (without polling) for retries to come due and for the monitor to reconnect.
+  ProcessingSummary Drain(std::optional<double> timeout);
+
+  void Start();
+  // Stops the workers. drain=true first waits (up to timeout) until idle. Ops in
+  // flight finish (their results are applied); a worker stuck in the transport past
+  // `timeout` is left to finish on its own and its op is made ready again when the
+  // queue is next opened. Returns whether every worker stopped in time.
+  bool Stop(bool drain = false, std::optional<double> timeout = std::nullopt);
+  // Idle: nothing in flight, and nothing deliverable now (or disconnected).
+  bool WaitIdle(std::optional<double> timeout);
+  bool running() const;
+
+  void On(const std::string& event, Listener listener);
+  EngineStats Stats() const;
+  const std::shared_ptr<SyncQueue>& queue() const { return queue_; }
+  const std::shared_ptr<Clock>& clock() const { return clock_; }
+
+ private:
+  bool Connected() const;
+  bool Idle();
+  void WorkerLoop();
+  ProcessingSummary Deliver(std::vector<Operation> ops);
+  void Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary);
+  void RetryOrBury(const Operation& op, double delay, const std::string& error,
+                   ProcessingSummary& summary);
+  std::shared_ptr<BackoffStrategy> BackoffFor(int64_t id);
+  void Forget(int64_t id);
+  void Emit(EngineEvent event);
+
+  std::shared_ptr<SyncQueue> queue_;
+  std::shared_ptr<Transport> transport_;
+  std::shared_ptr<NetworkMonitor> monitor_;
+  std::shared_ptr<BackoffStrategy> backoff_;
+  std::shared_ptr<ConflictResolver> resolver_;
+  EngineOptions options_;
+  std::shared_ptr<Clock> clock_;
+  std::shared_ptr<Waiter> idle_;  // notified when a delivery ends or the network changes
+  std::optional<NetworkMonitor::Token> monitor_token_;
+
+  mutable std::mutex mu_;  // guards everything below; never held while calling out
+  std::map<int64_t, std::shared_ptr<BackoffStrategy>> sequences_;  // stateful backoff per op
+  std::map<std::string, std::vector<Listener>> listeners_;
+  EngineStats stats_;
+  std::vector<std::thread> workers_;
+  bool stopping_ = false;
+  size_t latency_next_ = 0;
+};
+
+}  // namespace cpcsync

@@ -1,0 +1,57 @@
+// Transport: how an operation reaches the server, and what happened.
+//
+// Send() delivers one operation and reports a DeliveryResult; it signals failure
+// by the result, never by throwing (an implementation that throws is treated as a
+// transient failure with the exception's message). A transport that can send many
+// operations in one request overrides SendBatch (one result per op, in order).
+// Thread-safety: an engine with concurrency > 1 calls Send from several threads.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "cpcsync/conflict.h"
+#include "cpcsync/operation.h"
+
+namespace cpcsync {
+
+struct DeliveryResult {
+  enum class Kind {
+    kDelivered,   // acknowledged: remove the op
+    kTransient,   // try again after the backoff delay
+    kNetwork,     // transient, and the network looks down (the monitor is told)
+    kRetryAfter,  // try again after exactly retry_after seconds (server said so)
+    kPermanent,   // never succeeds: dead-letter it
+    kConflict,    // the server holds a different version: the resolver decides
+  };
+  Kind kind = Kind::kDelivered;
+  std::string error;         // what went wrong (with its cause chain), for last_error
+  double retry_after = 0.0;  // for kRetryAfter
+  Remote remote;             // for kConflict: the server's value, hlc and version
+
+  static DeliveryResult Delivered() { return {}; }
+  static DeliveryResult Failed(Kind kind, std::string error) {
+    DeliveryResult r;
+    r.kind = kind;
+    r.error = std::move(error);
+    return r;
+  }
+};
+
+class Transport {
+ public:
+  virtual ~Transport() = default;
+  virtual DeliveryResult Send(const Operation& op) = 0;
+  // True when SendBatch sends many ops per request.
+  virtual bool SupportsBatch() const { return false; }
+  virtual std::vector<DeliveryResult> SendBatch(const std::vector<Operation>& ops) {
+    std::vector<DeliveryResult> out;
+    out.reserve(ops.size());
+    for (const auto& op : ops) out.push_back(Send(op));
+    return out;
+  }
+};
+
+}  // namespace cpcsync

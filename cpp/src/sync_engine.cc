@@ -1,0 +1,475 @@
+#include "cpcsync/sync_engine.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "cpcsync/errors.h"
+#include "cpcsync/log.h"
+
+namespace cpcsync {
+namespace {
+
+constexpr double kForever = std::numeric_limits<double>::infinity();
+constexpr size_t kLatencySamples = 4096;
+
+double DeadlineAfter(const Clock& clock, std::optional<double> timeout) {
+  if (!timeout) return kForever;
+  if (std::isnan(*timeout) || *timeout < 0) ThrowInvalid("timeout must be >= 0");
+  return clock.Now() + *timeout;
+}
+
+}  // namespace
+
+void ProcessingSummary::Add(const ProcessingSummary& o) {
+  successful += o.successful;
+  retried.insert(retried.end(), o.retried.begin(), o.retried.end());
+  failed.insert(failed.end(), o.failed.begin(), o.failed.end());
+  conflicts += o.conflicts;
+  superseded += o.superseded;
+}
+
+SyncEngine::SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transport> transport,
+                       std::shared_ptr<NetworkMonitor> monitor,
+                       std::shared_ptr<BackoffStrategy> backoff,
+                       std::shared_ptr<ConflictResolver> resolver, EngineOptions options,
+                       std::shared_ptr<Clock> clock)
+    : queue_(std::move(queue)),
+      transport_(std::move(transport)),
+      monitor_(std::move(monitor)),
+      backoff_(std::move(backoff)),
+      resolver_(std::move(resolver)),
+      options_(options) {
+  if (!queue_) ThrowInvalid("SyncEngine needs a queue");
+  if (!transport_) ThrowInvalid("SyncEngine needs a transport");
+  if (options_.max_attempts < 1) ThrowInvalid("max_attempts must be >= 1");
+  if (options_.max_elapsed && !(*options_.max_elapsed > 0)) ThrowInvalid("max_elapsed must be > 0");
+  if (options_.concurrency < 1) ThrowInvalid("concurrency must be >= 1");
+  if (options_.batch_size < 1) ThrowInvalid("batch_size must be >= 1");
+  clock_ = clock ? std::move(clock) : queue_->clock();
+  if (!backoff_) backoff_ = std::make_shared<ExponentialBackoff>(0.1, 2.0, 60.0, Jitter::kFull);
+  if (!resolver_) resolver_ = std::make_shared<LastWriteWins>();
+  idle_ = Waiter::Create(clock_);
+  if (monitor_) {
+    // A transition wakes sleeping workers (reconnect) and idle waiters (disconnect).
+    std::weak_ptr<Waiter> work = queue_->waiter();
+    std::weak_ptr<Waiter> idle = idle_;
+    monitor_token_ = monitor_->Subscribe([this, work, idle](bool connected) {
+      if (auto w = work.lock()) w->Notify();
+      if (auto w = idle.lock()) w->Notify();
+      EngineEvent e;
+      e.name = "network";
+      e.connected = connected;
+      Emit(std::move(e));
+    });
+  }
+}
+
+SyncEngine::~SyncEngine() {
+  try {
+    Stop(false, 5.0);
+  } catch (const std::exception& e) {
+    Log().error("stopping sync engine: {}", e.what());
+  }
+  if (monitor_ && monitor_token_) monitor_->Unsubscribe(*monitor_token_);
+  std::vector<std::thread> left;
+  {
+    std::lock_guard lock(mu_);
+    left.swap(workers_);
+  }
+  for (auto& t : left) {
+    if (t.joinable()) t.detach();  // stuck in a transport past the stop timeout
+  }
+}
+
+bool SyncEngine::Connected() const { return !monitor_ || monitor_->IsConnected(); }
+
+bool SyncEngine::running() const {
+  std::lock_guard lock(mu_);
+  return !workers_.empty() && !stopping_;
+}
+
+void SyncEngine::On(const std::string& event, Listener listener) {
+  static const char* kEvents[] = {"delivered", "retry",      "dead_letter",
+                                  "conflict",  "superseded", "network"};
+  if (std::find_if(std::begin(kEvents), std::end(kEvents),
+                   [&](const char* e) { return event == e; }) == std::end(kEvents)) {
+    ThrowInvalid("unknown event '" + event +
+                 "' (delivered, retry, dead_letter, conflict, superseded, network)");
+  }
+  if (!listener) ThrowInvalid("listener must be callable");
+  std::lock_guard lock(mu_);
+  listeners_[event].push_back(std::move(listener));
+}
+
+void SyncEngine::Emit(EngineEvent event) {
+  std::vector<Listener> targets;
+  {
+    std::lock_guard lock(mu_);
+    auto it = listeners_.find(event.name);
+    if (it == listeners_.end()) return;
+    targets = it->second;
+  }
+  for (auto& fn : targets) {
+    try {
+      fn(event);
+    } catch (const std::exception& e) {
+      Log().error("'{}' listener failed: {}", event.name, e.what());
+      std::lock_guard lock(mu_);
+      stats_.listener_errors += 1;
+    }
+  }
+}
+
+EngineStats SyncEngine::Stats() const {
+  std::lock_guard lock(mu_);
+  EngineStats s = stats_;
+  s.running = !workers_.empty() && !stopping_;
+  return s;
+}
+
+std::shared_ptr<BackoffStrategy> SyncEngine::BackoffFor(int64_t id) {
+  if (!backoff_->Stateful()) return backoff_;
+  std::lock_guard lock(mu_);
+  auto& seq = sequences_[id];
+  if (!seq) seq = backoff_->Clone();
+  return seq;
+}
+
+void SyncEngine::Forget(int64_t id) {
+  std::lock_guard lock(mu_);
+  sequences_.erase(id);
+}
+
+void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::string& error,
+                             ProcessingSummary& summary) {
+  const double now = clock_->Now();
+  const bool out_of_attempts = op.attempts >= options_.max_attempts;
+  const bool out_of_time = options_.max_elapsed && op.first_attempt_at &&
+                           now - *op.first_attempt_at >= *options_.max_elapsed;
+  if (out_of_attempts || out_of_time) {
+    const std::string reason =
+        (out_of_attempts ? "gave up after " + std::to_string(op.attempts) + " attempts"
+                         : "gave up after max_elapsed") +
+        ": " + error;
+    queue_->DeadLetter(op.id, reason);
+    Forget(op.id);
+    summary.failed.emplace_back(op.id, reason);
+    {
+      std::lock_guard lock(mu_);
+      stats_.dead_lettered += 1;
+    }
+    EngineEvent e;
+    e.name = "dead_letter";
+    e.op = op;
+    e.error = reason;
+    Emit(std::move(e));
+    return;
+  }
+  queue_->Retry(op.id, delay, error);
+  summary.retried.emplace_back(op.id, delay);
+  {
+    std::lock_guard lock(mu_);
+    stats_.retried += 1;
+  }
+  EngineEvent e;
+  e.name = "retry";
+  e.op = op;
+  e.delay = delay;
+  e.error = error;
+  Emit(std::move(e));
+}
+
+void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary) {
+  using Kind = DeliveryResult::Kind;
+  switch (r.kind) {
+    case Kind::kDelivered: {
+      queue_->Ack(op.id);
+      Forget(op.id);
+      summary.successful += 1;
+      {
+        std::lock_guard lock(mu_);
+        stats_.delivered += 1;
+        const double latency = std::max(0.0, clock_->Now() - op.created_at);
+        if (stats_.latencies.size() < kLatencySamples) {
+          stats_.latencies.push_back(latency);
+        } else {
+          stats_.latencies[latency_next_] = latency;
+        }
+        latency_next_ = (latency_next_ + 1) % kLatencySamples;
+      }
+      if (monitor_) monitor_->ReportSuccess();
+      EngineEvent e;
+      e.name = "delivered";
+      e.op = op;
+      Emit(std::move(e));
+      return;
+    }
+    case Kind::kNetwork:
+      if (monitor_) monitor_->ReportFailure();
+      [[fallthrough]];
+    case Kind::kTransient:
+      RetryOrBury(op, BackoffFor(op.id)->NextDelay(std::max(1, op.attempts)), r.error, summary);
+      return;
+    case Kind::kRetryAfter:
+      RetryOrBury(op, r.retry_after, r.error, summary);
+      return;
+    case Kind::kPermanent: {
+      queue_->DeadLetter(op.id, r.error);
+      Forget(op.id);
+      summary.failed.emplace_back(op.id, r.error);
+      {
+        std::lock_guard lock(mu_);
+        stats_.dead_lettered += 1;
+      }
+      EngineEvent e;
+      e.name = "dead_letter";
+      e.op = op;
+      e.error = r.error;
+      Emit(std::move(e));
+      return;
+    }
+    case Kind::kConflict: {
+      summary.conflicts += 1;
+      if (r.remote.hlc) queue_->hlc().Observe(*r.remote.hlc);
+      {
+        std::lock_guard lock(mu_);
+        stats_.conflicts += 1;
+      }
+      EngineEvent conflict;
+      conflict.name = "conflict";
+      conflict.op = op;
+      conflict.remote = r.remote;
+      Emit(std::move(conflict));
+      const Resolution decision = resolver_->Resolve(op, r.remote);
+      if (decision.kind == Resolution::kUseRemote) {
+        queue_->Ack(op.id);  // completed: the server's value stands
+        Forget(op.id);
+        summary.superseded += 1;
+        {
+          std::lock_guard lock(mu_);
+          stats_.superseded += 1;
+        }
+        EngineEvent e;
+        e.name = "superseded";
+        e.op = op;
+        e.remote = r.remote;
+        Emit(std::move(e));
+        return;
+      }
+      std::optional<std::string> payload;
+      if (decision.kind == Resolution::kMerge) payload = decision.payload;
+      queue_->SetBaseVersion(op.id, r.remote.version, payload);
+      // Resent at once: the conflict is resolved, not a failure to back off from.
+      RetryOrBury(op, 0.0, "conflict resolved (" + std::string(decision.kind == Resolution::kMerge
+                                                                    ? "merge"
+                                                                    : "use_local") +
+                               "); resending against version " +
+                               (r.remote.version ? std::to_string(*r.remote.version) : "?"),
+                  summary);
+      return;
+    }
+  }
+}
+
+ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
+  ProcessingSummary summary;
+  if (ops.empty()) return summary;
+  {
+    std::lock_guard lock(mu_);
+    stats_.in_flight += static_cast<int64_t>(ops.size());
+  }
+  std::vector<DeliveryResult> results;
+  try {
+    {
+      std::lock_guard lock(mu_);
+      stats_.transport_calls += 1;
+    }
+    if (ops.size() > 1 && transport_->SupportsBatch()) {
+      results = transport_->SendBatch(ops);
+    } else {
+      for (const auto& op : ops) results.push_back(transport_->Send(op));
+    }
+  } catch (const std::exception& e) {
+    results.resize(ops.size(),
+                   DeliveryResult::Failed(DeliveryResult::Kind::kTransient, e.what()));
+  }
+  if (results.size() != ops.size()) {
+    results.resize(ops.size(), DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
+                                                      "transport returned no result for the op"));
+  }
+  for (size_t i = 0; i < ops.size(); ++i) {
+    try {
+      Apply(ops[i], results[i], summary);
+    } catch (const std::exception& e) {
+      // The queue refused (closed, storage failure) or the resolver threw: the op
+      // stays leased and is redelivered after a restart; never lose the worker.
+      Log().error("sync engine: op {}: {}", ops[i].id, e.what());
+      try {
+        queue_->Retry(ops[i].id, 0.0, std::string("engine: ") + e.what());
+      } catch (const std::exception&) {
+      }
+    }
+  }
+  {
+    std::lock_guard lock(mu_);
+    stats_.in_flight -= static_cast<int64_t>(ops.size());
+  }
+  idle_->Notify();
+  return summary;
+}
+
+ProcessingSummary SyncEngine::ProcessOnce() {
+  if (!Connected()) return {};
+  const size_t n = static_cast<size_t>(options_.concurrency) * options_.batch_size;
+  std::vector<Operation> ops = queue_->Take(n);
+  ProcessingSummary summary;
+  for (size_t i = 0; i < ops.size(); i += options_.batch_size) {
+    const size_t end = std::min(ops.size(), i + options_.batch_size);
+    summary.Add(Deliver(std::vector<Operation>(ops.begin() + i, ops.begin() + end)));
+  }
+  return summary;
+}
+
+ProcessingSummary SyncEngine::Drain(std::optional<double> timeout) {
+  const double deadline = DeadlineAfter(*clock_, timeout);
+  ProcessingSummary total;
+  auto waiter = queue_->waiter();
+  for (;;) {
+    const uint64_t seen = waiter->Generation();
+    total.Add(ProcessOnce());
+    if (queue_->Count() == 0 || clock_->Now() >= deadline) return total;
+    if (!Connected()) {
+      waiter->WaitUntil(seen, deadline);  // a monitor transition notifies this waiter
+      continue;
+    }
+    const auto next = queue_->NextReadyAt();
+    if (next && *next <= clock_->Now()) continue;
+    waiter->WaitUntil(seen, std::min(deadline, next.value_or(kForever)));
+  }
+}
+
+void SyncEngine::WorkerLoop() {
+  auto waiter = queue_->waiter();
+  for (;;) {
+    const uint64_t seen = waiter->Generation();
+    {
+      std::lock_guard lock(mu_);
+      if (stopping_) return;
+    }
+    if (waiter->closed()) return;
+    if (!Connected()) {
+      waiter->WaitUntil(seen, kForever);
+      continue;
+    }
+    std::vector<Operation> ops;
+    try {
+      ops = queue_->Take(static_cast<size_t>(options_.batch_size));
+    } catch (const SyncError& e) {
+      if (e.code() == ErrorCode::kClosed) return;
+      Log().error("sync engine: take failed: {}", e.what());
+      waiter->WaitUntil(seen, clock_->Now() + 1.0);
+      continue;
+    }
+    if (ops.empty()) {
+      std::optional<double> next;
+      try {
+        next = queue_->NextReadyAt();
+      } catch (const SyncError&) {
+        return;
+      }
+      if (next && *next <= clock_->Now()) continue;
+      idle_->Notify();
+      waiter->WaitUntil(seen, next.value_or(kForever));
+      continue;
+    }
+    Deliver(std::move(ops));
+  }
+}
+
+void SyncEngine::Start() {
+  std::lock_guard lock(mu_);
+  if (!workers_.empty()) return;
+  stopping_ = false;
+  queue_->AcquireConsumer();
+  // Workers keep the engine alive: one left inside a hung transport call after
+  // Stop() timed out may touch it when the call returns.
+  auto self = shared_from_this();
+  for (int i = 0; i < options_.concurrency; ++i) {
+    workers_.emplace_back([self] { self->WorkerLoop(); });
+  }
+}
+
+bool SyncEngine::Idle() {
+  {
+    std::lock_guard lock(mu_);
+    if (stats_.in_flight > 0) return false;
+  }
+  if (!Connected()) return true;
+  const auto next = queue_->NextReadyAt();
+  return !(next && *next <= clock_->Now());
+}
+
+bool SyncEngine::WaitIdle(std::optional<double> timeout) {
+  const double deadline = DeadlineAfter(*clock_, timeout);
+  for (;;) {
+    const uint64_t seen = idle_->Generation();
+    if (Idle()) return true;
+    if (clock_->Now() >= deadline) return false;
+    idle_->WaitUntil(seen, deadline);
+  }
+}
+
+bool SyncEngine::Stop(bool drain, std::optional<double> timeout) {
+  const double deadline = DeadlineAfter(*clock_, timeout);
+  if (drain) WaitIdle(timeout);
+  std::vector<std::thread> workers;
+  {
+    std::lock_guard lock(mu_);
+    if (workers_.empty()) return true;
+    stopping_ = true;
+  }
+  queue_->waiter()->Notify();
+  {
+    std::lock_guard lock(mu_);
+    workers.swap(workers_);
+  }
+  // Joining cannot time out; a worker inside a hung transport call is waited for
+  // only until the deadline, then detached (it exits after its call returns).
+  bool all = true;
+  for (auto& t : workers) {
+    if (deadline == kForever) {
+      t.join();
+      continue;
+    }
+    // Poll-free bounded join: wait for the worker's in-flight count to drop.
+    while (true) {
+      const uint64_t seen = idle_->Generation();
+      bool busy;
+      {
+        std::lock_guard lock(mu_);
+        busy = stats_.in_flight > 0;
+      }
+      if (!busy || clock_->Now() >= deadline) break;
+      idle_->WaitUntil(seen, deadline);
+    }
+    bool busy;
+    {
+      std::lock_guard lock(mu_);
+      busy = stats_.in_flight > 0;
+    }
+    if (busy) {
+      t.detach();
+      all = false;
+    } else {
+      t.join();
+    }
+  }
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = false;
+  }
+  return all;
+}
+
+}  // namespace cpcsync

@@ -1,0 +1,113 @@
+"""Python side of SyncEngine: calling transports, classifying what they raise.
+
+The C++ engine calls :func:`invoke` for every delivery (with the GIL taken only for
+the call and no C++ lock held) and :func:`classify` for every exception, so the
+rules users rely on live in one readable place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from cpcsync import errors
+
+# Kinds, as the C++ DeliveryResult::Kind numbers them.
+DELIVERED, TRANSIENT, NETWORK, RETRY_AFTER, PERMANENT, CONFLICT = range(6)
+
+
+class LoopRunner:
+    """Runs coroutines of async transports: on the user's loop, or on one it owns."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
+        self._loop = loop
+        self._own: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def _target(self) -> asyncio.AbstractEventLoop:
+        if self._loop is not None:
+            return self._loop
+        with self._lock:
+            if self._own is None:
+                loop = asyncio.new_event_loop()
+                thread = threading.Thread(
+                    target=loop.run_forever, name="cpcsync-engine-loop", daemon=True
+                )
+                thread.start()
+                self._own, self._thread = loop, thread
+            return self._own
+
+    def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
+        """Run `coro` to completion from a worker thread and return its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self._target()).result()
+
+    def close(self) -> None:
+        """Stop the loop this runner owns (not the user's)."""
+        with self._lock:
+            loop, thread, self._own, self._thread = self._own, self._thread, None, None
+        if loop is not None and thread is not None:
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join()
+            loop.close()
+
+
+def invoke(fn: Callable[..., Any], arg: Any, runner: LoopRunner) -> Any:
+    """Call a transport (or its send_batch); await it if it is async."""
+    result = fn(arg)
+    if inspect.iscoroutine(result):
+        result = runner.run(result)
+    return result
+
+
+def describe(exc: BaseException) -> str:
+    """The exception and its cause chain as one line: 'A: x <- caused by B: y'."""
+    parts: list[str] = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        try:
+            text = str(current)
+        except Exception:  # an exception whose __str__ raises
+            text = "<unprintable>"
+        name = type(current).__name__
+        parts.append(f"{name}: {text}" if text else name)
+        if current.__cause__ is not None:
+            current = current.__cause__
+        elif not current.__suppress_context__:
+            current = current.__context__
+        else:
+            current = None
+    return " <- caused by ".join(parts)
+
+
+def classify(exc: BaseException) -> tuple[int, str, float, Any, Any, Any]:
+    """(kind, error text, retry_after, remote value, remote hlc, remote version)."""
+    text = describe(exc)
+    if isinstance(exc, errors.RetryAfter):
+        return RETRY_AFTER, text, float(exc.seconds), None, None, None
+    if isinstance(exc, errors.ConflictError):
+        return CONFLICT, text, 0.0, exc.remote, exc.remote_timestamp, exc.remote_version
+    if isinstance(exc, errors.PermanentError):
+        return PERMANENT, text, 0.0, None, None, None
+    if isinstance(exc, OSError):  # also TimeoutError, ConnectionError, NetworkError
+        return NETWORK, text, 0.0, None, None, None
+    return TRANSIENT, text, 0.0, None, None, None  # TransientError and anything unknown
+
+
+def outcome_of(item: Any) -> BaseException | None:
+    """A send_batch result entry: None/True (delivered) or an exception (instance)."""
+    if item is None or item is True:
+        return None
+    if isinstance(item, BaseException):
+        return item
+    return errors.TransientError(f"send_batch returned {item!r} for an operation")
+
+
+async def wait_idle_async(engine: Any, timeout: float | None = None) -> bool:
+    """``await engine.wait_idle_async()``: wait_idle without blocking the event loop."""
+    return bool(await asyncio.get_running_loop().run_in_executor(None, engine.wait_idle, timeout))
