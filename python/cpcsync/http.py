@@ -217,12 +217,13 @@ class HttpTransport:
             )
 
         merged: dict[str, str] = {}
-        if parsed.auth:
-            merged.update(urllib3.util.make_headers(basic_auth=parsed.auth))
         for name, value in (headers or {}).items():
             if not isinstance(name, str) or not isinstance(value, str):
                 raise InvalidArgumentError("headers must map str to str")
             merged[name] = value
+        if parsed.auth and not any(k.lower() == "authorization" for k in merged):
+            basic = urllib3.util.make_headers(basic_auth=parsed.auth)["authorization"]
+            merged["Authorization"] = basic
         self._headers = merged
         self._timeout = float(timeout)
         self._verify = verify
