@@ -151,7 +151,7 @@ class SyncServer:
             httpd.owner = self
             self._httpd = httpd
             self._thread = threading.Thread(
-                target=httpd.serve_forever, name="cpcsync-sync-server", daemon=True
+                target=httpd.serve_forever, args=(0.05,), name="cpcsync-sync-server", daemon=True
             )
             self._thread.start()
         return self
