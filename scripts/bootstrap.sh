@@ -34,5 +34,6 @@ fi
   "pytest>=8" "hypothesis>=6.100" "ruff>=0.6" "mypy>=1.10" ${CPCSYNC_EXTRA_PIP:-}
 
 # One CMake build (build/py) makes the module and the C++ tests; ctest runs there.
+# It also installs the runtime dependencies from pyproject (urllib3, for HttpTransport).
 .venv/bin/python -m pip install -q --no-build-isolation \
   -C build-dir=build/py -C cmake.define.CPCSYNC_BUILD_TESTS=ON -C cmake.build-type=RelWithDebInfo .

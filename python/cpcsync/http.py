@@ -1,0 +1,410 @@
+"""HttpTransport: delivers operations to an HTTP endpoint, one POST per operation.
+
+Wire format (one JSON object per request, ``Content-Type: application/json``)::
+
+    {"id": 7, "kind": "set_currency", "key": "user:42", "payload": {"currency": "BTC"},
+     "priority": 100, "idempotency_key": "<uuid4>", "hlc": 1234567890, "base_version": null}
+
+``payload`` is the operation's payload decoded as JSON when it is valid UTF-8 JSON
+(so it is sent as an equal JSON value, not necessarily the same bytes); any other
+payload is sent instead as ``"payload_b64"``: the exact bytes, standard base64. The
+body carries exactly one of the two. The ``Idempotency-Key`` header repeats
+``idempotency_key``.
+
+Status mapping (what :meth:`HttpTransport.send` does with the answer):
+
+- 2xx: delivered, returns None.
+- 409 whose body is a JSON object with ``"value"`` (and ``"version"``, ``"hlc"``):
+  :class:`~cpcsync.ConflictError` (remote, remote_timestamp=hlc, remote_version=version);
+  a 409 without such a body is a :class:`~cpcsync.PermanentError`.
+- 429 or 503 with a valid Retry-After (seconds or an HTTP date):
+  :class:`~cpcsync.RetryAfter`; without one, :class:`~cpcsync.TransientError`.
+- 408 and other 5xx: :class:`~cpcsync.TransientError`.
+- other 4xx, and 1xx/3xx (redirects are not followed): :class:`~cpcsync.PermanentError`.
+- connection failures (refused, reset, DNS, TLS): :class:`~cpcsync.NetworkError`;
+  timeouts: :class:`~cpcsync.NetworkTimeoutError`. Both are TransientErrors *and*
+  OSErrors (the engine counts them as network failures). The urllib3 exception is the
+  ``__cause__`` of every connection-level error raised here.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.utils
+import ipaddress
+import json
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Mapping
+from datetime import timezone
+from types import TracebackType
+from typing import Any, Protocol
+
+import urllib3
+import urllib3.exceptions
+from urllib3.util import parse_url
+
+from cpcsync.errors import (
+    ConflictError,
+    InvalidArgumentError,
+    NetworkError,
+    NetworkTimeoutError,
+    PermanentError,
+    RetryAfter,
+    TransientError,
+)
+
+__all__ = ["HttpTransport", "OperationLike", "encode_operation"]
+
+_log = logging.getLogger("cpcsync.http")
+
+#: Header names whose values are credentials: never logged, never shown in a repr.
+_SENSITIVE = re.compile(r"auth|token|secret|passw|cookie|session|api[-_]?key|signature", re.I)
+_REDACTED = "***"
+#: At most this much of an error body is read (for a 409's remote value).
+_MAX_ERROR_BODY = 1 << 20
+
+
+class OperationLike(Protocol):
+    """What HttpTransport reads from an operation (:class:`cpcsync.Operation` has it all)."""
+
+    @property
+    def id(self) -> int:
+        """Queue-assigned id."""
+        ...
+
+    @property
+    def kind(self) -> str:
+        """What the operation does."""
+        ...
+
+    @property
+    def key(self) -> str | None:
+        """The entity it applies to, or None."""
+        ...
+
+    @property
+    def payload(self) -> bytes:
+        """The payload bytes."""
+        ...
+
+    @property
+    def priority(self) -> int:
+        """0..255."""
+        ...
+
+    @property
+    def idempotency_key(self) -> str:
+        """Key the server uses to apply the operation once."""
+        ...
+
+    @property
+    def hlc(self) -> int:
+        """Hybrid logical timestamp."""
+        ...
+
+    @property
+    def base_version(self) -> int | None:
+        """The remote version the operation expects, or None (no check)."""
+        ...
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def encode_operation(op: OperationLike) -> dict[str, Any]:
+    """The JSON body HttpTransport sends for ``op`` (see the module docstring)."""
+    body: dict[str, Any] = {
+        "id": int(op.id),
+        "kind": op.kind,
+        "key": op.key,
+        "priority": int(op.priority),
+        "idempotency_key": op.idempotency_key,
+        "hlc": int(op.hlc),
+        "base_version": None if op.base_version is None else int(op.base_version),
+    }
+    raw = bytes(op.payload)
+    try:
+        body["payload"] = json.loads(raw.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        body["payload_b64"] = base64.b64encode(raw).decode("ascii")
+    return body
+
+
+def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``headers`` with credential values (Authorization, cookies, tokens,
+    API keys...) replaced by ``***``."""
+    return {
+        k: (_REDACTED if _SENSITIVE.search(k) and k.lower() != "idempotency-key" else v)
+        for k, v in headers.items()
+    }
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a Retry-After header value (delta-seconds or an HTTP
+    date; a date in the past gives 0), or None when absent or malformed."""
+    if value is None:
+        return None
+    text = value.strip()
+    if text.isdigit():
+        return float(int(text))
+    try:
+        when = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    current = time.time() if now is None else now
+    delta = when.timestamp() - current
+    return max(0.0, delta) if math.isfinite(delta) else None
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class HttpTransport:
+    """A transport (``callable(op) -> None``) that POSTs each operation as JSON.
+
+    ``url``: the endpoint (``https://...``; plain ``http://`` only to a loopback host
+    unless ``allow_insecure_http=True``). Credentials in the URL (``user:pass@``)
+    become a Basic Authorization header. ``headers``: extra request headers (e.g.
+    Authorization); credential values never appear in logs or in the repr.
+    ``timeout``: seconds for the whole request (connect and response). ``verify``:
+    TLS certificate verification, on by default; True, False, or a CA bundle path.
+    ``pool_maxsize``: connections kept alive for reuse (one per concurrent sender).
+
+    Thread-safe: several threads may send at once. Use :meth:`close` or a ``with``
+    block to close the kept-alive connections.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        *,
+        verify: bool | str = True,
+        allow_insecure_http: bool = False,
+        pool_maxsize: int = 10,
+    ) -> None:
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+            raise InvalidArgumentError("timeout must be a number of seconds")
+        if not math.isfinite(timeout) or timeout <= 0:
+            raise InvalidArgumentError(f"timeout must be finite and > 0, not {timeout}")
+        if pool_maxsize < 1:
+            raise InvalidArgumentError("pool_maxsize must be >= 1")
+        try:
+            parsed = parse_url(url)
+        except urllib3.exceptions.LocationParseError as exc:
+            raise InvalidArgumentError("url is not a valid URL") from exc
+        scheme = (parsed.scheme or "").lower()
+        if scheme not in ("http", "https") or not parsed.host:
+            raise InvalidArgumentError("url must be an absolute http:// or https:// URL")
+        if scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.host):
+            raise InvalidArgumentError(
+                "plain http:// to a non-loopback host sends operations (and credentials) "
+                "unencrypted; use https:// or pass allow_insecure_http=True"
+            )
+
+        merged: dict[str, str] = {}
+        for name, value in (headers or {}).items():
+            if not isinstance(name, str) or not isinstance(value, str):
+                raise InvalidArgumentError("headers must map str to str")
+            merged[name] = value
+        if parsed.auth and not any(k.lower() == "authorization" for k in merged):
+            basic = urllib3.util.make_headers(basic_auth=parsed.auth)["authorization"]
+            merged["Authorization"] = basic
+        self._headers = merged
+        self._timeout = float(timeout)
+        self._verify = verify
+        self._path = parsed.request_uri
+        port = parsed.port or (443 if scheme == "https" else 80)
+        host = parsed.host
+        self._origin = f"{scheme}://{host}:{port}"
+        # The URL as shown in logs and repr: no userinfo, no query string (it may hold
+        # a token), no fragment.
+        self._safe_url = f"{self._origin}{parsed.path or '/'}"
+        self._closed = False
+        self._lock = threading.Lock()
+
+        pool_kw: dict[str, Any] = {
+            "maxsize": pool_maxsize,
+            "block": False,
+            "retries": False,
+            "timeout": urllib3.Timeout(total=self._timeout),
+        }
+        self._pool: urllib3.HTTPConnectionPool
+        if scheme == "https":
+            if verify is False:
+                pool_kw["cert_reqs"] = "CERT_NONE"
+            else:
+                pool_kw["cert_reqs"] = "CERT_REQUIRED"
+                if isinstance(verify, str):
+                    pool_kw["ca_certs"] = verify
+            self._pool = urllib3.HTTPSConnectionPool(host, port, **pool_kw)
+        else:
+            self._pool = urllib3.HTTPConnectionPool(host, port, **pool_kw)
+
+    # ------------------------------------------------------------------ public
+
+    @property
+    def url(self) -> str:
+        """The endpoint, without credentials or query string (safe to log)."""
+        return self._safe_url
+
+    @property
+    def timeout(self) -> float:
+        """Seconds allowed for one request."""
+        return self._timeout
+
+    @property
+    def verify(self) -> bool | str:
+        """TLS verification setting (True, False or a CA bundle path)."""
+        return self._verify
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The extra request headers, credential values redacted."""
+        return redact_headers(self._headers)
+
+    def stats(self) -> dict[str, int]:
+        """``connections``: connections opened so far; ``requests``: requests sent.
+        Fewer connections than requests means kept-alive connections were reused."""
+        return {"connections": self._pool.num_connections, "requests": self._pool.num_requests}
+
+    def __call__(self, op: OperationLike) -> None:
+        """Deliver ``op``: same as :meth:`send`."""
+        self.send(op)
+
+    def send(self, op: OperationLike) -> None:
+        """POST ``op``; return when the server accepted it (2xx), else raise the
+        error the status maps to (see the module docstring)."""
+        if self._closed:
+            raise TransientError("HttpTransport is closed")
+        body = json.dumps(encode_operation(op), separators=(",", ":")).encode("utf-8")
+        headers = dict(self._headers)
+        headers["Content-Type"] = "application/json"
+        headers["Accept"] = "application/json"
+        headers["Idempotency-Key"] = op.idempotency_key
+        started = time.monotonic()
+        try:
+            response = self._pool.urlopen(
+                "POST",
+                self._path,
+                body=body,
+                headers=headers,
+                retries=False,
+                redirect=False,
+                assert_same_host=False,
+                preload_content=False,
+            )
+        except urllib3.exceptions.TimeoutError as exc:
+            # ConnectTimeoutError and ReadTimeoutError; urllib3's NewConnectionError is a
+            # ConnectTimeoutError subclass for history's sake, but it is a refusal.
+            if isinstance(exc, urllib3.exceptions.NewConnectionError):
+                self._log_failure(op, exc)
+                raise NetworkError(f"cannot connect to {self._safe_url}: {exc}") from exc
+            self._log_failure(op, exc)
+            raise NetworkTimeoutError(
+                f"no answer from {self._safe_url} within {self._timeout:g}s"
+            ) from exc
+        except urllib3.exceptions.HTTPError as exc:
+            self._log_failure(op, exc)
+            raise NetworkError(f"request to {self._safe_url} failed: {exc}") from exc
+        except OSError as exc:
+            self._log_failure(op, exc)
+            raise NetworkError(f"request to {self._safe_url} failed: {exc}") from exc
+        try:
+            status = response.status
+            if 200 <= status < 300:
+                _log.debug(
+                    "POST %s op=%d -> %d in %.1f ms",
+                    self._safe_url,
+                    op.id,
+                    status,
+                    (time.monotonic() - started) * 1000,
+                )
+                response.drain_conn()
+                return
+            try:
+                raw = response.read(_MAX_ERROR_BODY)
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                self._log_failure(op, exc)
+                raise NetworkError(f"reading the answer of {self._safe_url} failed") from exc
+            retry_after = response.headers.get("Retry-After")
+        finally:
+            response.release_conn()
+        _log.debug("POST %s op=%d -> %d", self._safe_url, op.id, status)
+        raise self._error_for(status, raw, retry_after)
+
+    def close(self) -> None:
+        """Close the kept-alive connections. Later sends raise TransientError."""
+        with self._lock:
+            self._closed = True
+        self._pool.close()
+
+    def __enter__(self) -> HttpTransport:
+        """The transport itself."""
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Closes the transport."""
+        self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"HttpTransport(url={self._safe_url!r}, headers={self.headers!r}, "
+            f"timeout={self._timeout!r}, verify={self._verify!r})"
+        )
+
+    # ----------------------------------------------------------------- private
+
+    def _log_failure(self, op: OperationLike, exc: BaseException) -> None:
+        _log.debug("POST %s op=%d failed: %s", self._safe_url, op.id, type(exc).__name__)
+
+    def _error_for(self, status: int, raw: bytes, retry_after: str | None) -> Exception:
+        where = f"{self._safe_url} answered {status}"
+        error: Exception
+        if status == 409:
+            error = self._conflict(raw) or PermanentError(f"{where} without a remote value")
+        elif status in (429, 503):
+            seconds = parse_retry_after(retry_after)
+            error = RetryAfter(seconds) if seconds is not None else TransientError(where)
+        elif status == 408 or 500 <= status < 600:
+            error = TransientError(where)
+        else:
+            error = PermanentError(where)
+        return error
+
+    @staticmethod
+    def _conflict(raw: bytes) -> ConflictError | None:
+        try:
+            doc = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, RecursionError):
+            return None
+        if not isinstance(doc, dict) or "value" not in doc:
+            return None
+
+        def as_int(v: Any) -> int | None:
+            return v if isinstance(v, int) and not isinstance(v, bool) else None
+
+        return ConflictError(
+            doc["value"],
+            remote_timestamp=as_int(doc.get("hlc")),
+            remote_version=as_int(doc.get("version")),
+        )
