@@ -20,6 +20,7 @@ void InitLog(py::module_& m);
 void InitQueue(py::module_& m);
 void InitBackoff(py::module_& m);
 void InitMonitor(py::module_& m);
+void InitEngine(py::module_& m);
 
 // Payloads: bytes-like as is, str as UTF-8, anything else as compact JSON.
 std::string PayloadBytes(py::handle obj);

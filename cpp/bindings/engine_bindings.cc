@@ -174,7 +174,7 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
 (None for delivered, or an exception instance).)doc")
       .def(py::init([](std::shared_ptr<SyncQueue> queue, py::object transport,
                        std::shared_ptr<NetworkMonitor> monitor, py::object backoff,
-                       std::shared_ptr<ConflictResolver> resolver, int max_attempts,
+                       py::object resolver, int max_attempts,
                        std::optional<double> max_elapsed, int concurrency, int batch_size,
                        std::shared_ptr<Clock> clock, py::object loop) {
              EngineOptions o;
@@ -185,17 +185,21 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
              auto t = std::make_shared<PyTransport>(transport, loop);
              std::shared_ptr<BackoffStrategy> b =
                  backoff.is_none() ? nullptr : BackoffFromPython(backoff);
+             std::shared_ptr<ConflictResolver> r =
+                 resolver.is_none() ? nullptr : ResolverFromPython(resolver);
+             py::gil_scoped_release release;
              return std::make_shared<SyncEngine>(std::move(queue), std::move(t),
-                                                 std::move(monitor), std::move(b),
-                                                 std::move(resolver), o, std::move(clock));
+                                                 std::move(monitor), std::move(b), std::move(r), o,
+                                                 std::move(clock));
            }),
            py::arg("queue"), py::arg("transport"), py::kw_only(), py::arg("monitor") = nullptr,
-           py::arg("backoff") = py::none(), py::arg("resolver") = nullptr,
+           py::arg("backoff") = py::none(), py::arg("resolver") = py::none(),
            py::arg("max_attempts") = 10, py::arg("max_elapsed") = py::none(),
            py::arg("concurrency") = 1, py::arg("batch_size") = 1, py::arg("clock") = nullptr,
            py::arg("loop") = py::none(),
            "monitor=None: always connected. backoff: a BackoffStrategy or callable n -> "
-           "seconds (default ExponentialBackoff()). resolver: default LastWriteWins(). "
+           "seconds (default ExponentialBackoff()). resolver: a ConflictResolver or callable "
+           "(local, remote) -> Resolution (default LastWriteWins()). "
            "clock: default the queue's. loop: the asyncio loop for async transports (default "
            "one the engine owns).")
       .def("process_once", &SyncEngine::ProcessOnce, py::call_guard<py::gil_scoped_release>(),

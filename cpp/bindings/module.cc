@@ -11,4 +11,5 @@ PYBIND11_MODULE(_core, m) {
   b::InitQueue(m);
   b::InitBackoff(m);
   b::InitMonitor(m);
+  b::InitEngine(m);
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import atexit
 import enum
 
-from cpcsync import _core
+from cpcsync import _core, _engine
 from cpcsync._core import (
     BackoffStrategy,
     CallableBackoff,
@@ -25,6 +25,8 @@ from cpcsync._core import (
     Operation,
     Probe,
     SumBackoff,
+    ProcessingSummary,
+    SyncEngine,
     SyncQueue,
     SystemClock,
     TcpProbe,
@@ -55,6 +57,7 @@ from cpcsync.http import HttpTransport
 __version__ = "0.1.0"
 
 atexit.register(_core._stop_log_bridge)
+SyncEngine.wait_idle_async = _engine.wait_idle_async  # type: ignore[method-assign]
 
 
 class Priority(enum.IntEnum):
@@ -87,6 +90,7 @@ __all__ = [
     "OperationStateError",
     "PermanentError",
     "Priority",
+    "ProcessingSummary",
     "Probe",
     "QueueClosedError",
     "QueueFullError",
@@ -95,6 +99,7 @@ __all__ = [
     "SQLiteError",
     "StorageError",
     "SumBackoff",
+    "SyncEngine",
     "SyncError",
     "SyncQueue",
     "SystemClock",

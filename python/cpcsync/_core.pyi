@@ -21,8 +21,10 @@ __all__: list[str] = [
     "LinearBackoff",
     "NetworkMonitor",
     "Operation",
+    "ProcessingSummary",
     "Probe",
     "SumBackoff",
+    "SyncEngine",
     "SyncQueue",
     "SystemClock",
     "TcpProbe",
@@ -665,3 +667,76 @@ class HybridLogicalClock:
     @property
     def last(self) -> int:
         """The latest timestamp issued or observed."""
+
+class ProcessingSummary:
+    """
+    What one process_once()/drain() did: successful (count), retried (list of
+    (op_id, delay)), failed (list of (op_id, reason): dead-lettered), conflicts and
+    superseded (counts).
+    """
+    def __repr__(self) -> str: ...
+    @property
+    def successful(self) -> int:
+        """Operations delivered."""
+    @property
+    def retried(self) -> list[tuple[int, float]]:
+        """(op_id, delay seconds) for each operation scheduled for a retry."""
+    @property
+    def failed(self) -> list[tuple[int, str]]:
+        """(op_id, reason) for each operation dead-lettered."""
+    @property
+    def conflicts(self) -> int:
+        """Conflicts resolved."""
+    @property
+    def superseded(self) -> int:
+        """Operations completed by taking the server's value (use_remote)."""
+
+class SyncEngine:
+    """
+    Delivers a SyncQueue's operations through a transport: most important first, in
+    order per key, retried with backoff while the monitor says connected, conflicts
+    resolved, failures dead-lettered.
+    """
+    def __init__(
+        self,
+        queue: SyncQueue,
+        transport: typing.Any,
+        *,
+        monitor: NetworkMonitor | None = None,
+        backoff: BackoffStrategy | collections.abc.Callable[[int], float] | None = None,
+        resolver: ConflictResolver
+        | collections.abc.Callable[[Operation, Remote], Resolution]
+        | None = None,
+        max_attempts: int = 10,
+        max_elapsed: float | None = None,
+        concurrency: int = 1,
+        batch_size: int = 1,
+        clock: Clock | None = None,
+        loop: typing.Any = None,
+    ) -> None:
+        """Build an engine; see the class docstring."""
+    def process_once(self) -> ProcessingSummary:
+        """Deliver one round of ready operations on this thread (none while disconnected)."""
+    def drain(self, timeout: float | None = None) -> ProcessingSummary:
+        """Deliver until the queue is empty or `timeout` seconds pass on the engine's clock."""
+    def start(self) -> None:
+        """Start the background workers (concurrency of them)."""
+    def stop(self, drain: bool = False, timeout: float | None = None) -> bool:
+        """Stop the workers; False if one was still inside the transport at the timeout."""
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until nothing is in flight and nothing is deliverable now."""
+    async def wait_idle_async(self, timeout: float | None = None) -> bool:
+        """wait_idle without blocking the event loop."""
+    def on(self, event: str, fn: collections.abc.Callable[[dict[str, typing.Any]], object]) -> None:
+        """Call fn(info) on delivered, retry, dead_letter, conflict, superseded or network."""
+    def stats(self) -> dict[str, typing.Any]:
+        """Counters, queue depth by priority, oldest pending age, latency percentiles."""
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+    @property
+    def queue(self) -> SyncQueue:
+        """The engine's queue."""
+    @property
+    def clock(self) -> Clock:
+        """The engine's clock."""
