@@ -3,7 +3,9 @@
 Record what users do as operations in a durable, prioritised outbox
 (:class:`SyncQueue`); cpcsync keeps them on local disk and delivers them when the
 network allows (:class:`NetworkMonitor` says when): most important first, in order
-per key, nothing lost across crashes.
+per key, nothing lost across crashes. When the server reports a conflict, a
+:class:`ConflictResolver` (:class:`LastWriteWins`, :class:`ServerWins`,
+:class:`ClientWins`, :class:`FieldMerge`, or your own) decides what happens.
 """
 
 from __future__ import annotations
@@ -15,15 +17,23 @@ from cpcsync import _core
 from cpcsync._core import (
     BackoffStrategy,
     CallableBackoff,
+    CallableResolver,
     CappedBackoff,
+    ClientWins,
     Clock,
+    ConflictResolver,
     ConstantBackoff,
     ExponentialBackoff,
+    FieldMerge,
     HybridLogicalClock,
+    LastWriteWins,
     LinearBackoff,
     NetworkMonitor,
     Operation,
     Probe,
+    Remote,
+    Resolution,
+    ServerWins,
     SumBackoff,
     SyncQueue,
     SystemClock,
@@ -62,13 +72,18 @@ class Priority(enum.IntEnum):
 __all__ = [
     "BackoffStrategy",
     "CallableBackoff",
+    "CallableResolver",
     "CappedBackoff",
+    "ClientWins",
     "Clock",
+    "ConflictResolver",
     "ConstantBackoff",
     "CorruptDatabaseError",
     "ExponentialBackoff",
+    "FieldMerge",
     "HybridLogicalClock",
     "InvalidArgumentError",
+    "LastWriteWins",
     "LinearBackoff",
     "NetworkMonitor",
     "NotAQueueError",
@@ -79,7 +94,10 @@ __all__ = [
     "QueueClosedError",
     "QueueFullError",
     "QueueLockedError",
+    "Remote",
+    "Resolution",
     "SQLiteError",
+    "ServerWins",
     "StorageError",
     "SumBackoff",
     "SyncError",
