@@ -151,14 +151,14 @@ TEST(FieldMergeTest, EmptyObjectsAndUnicode) {
 
 TEST(FieldMergeTest, NonObjectPayloadsFallBackToLastWriteWins) {
   const std::vector<std::pair<std::string, std::string>> cases = {
-      {"not json", R"({"a":1})"},        // invalid JSON locally
-      {R"({"a":1})", "{\"a\":"},         // truncated remotely
-      {"[1,2]", R"({"a":1})"},           // an array
-      {R"({"a":1})", "42"},              // a scalar
-      {R"({"a":1})", "null"},            //
-      {R"("text")", R"({"a":1})"},       // a JSON string
-      {"", R"({"a":1})"},                // empty
-      {"{\"a\":\"\xff\"}", R"({"b":1})"},  // invalid UTF-8
+      {"not json", R"({"a":1})"},            // invalid JSON locally
+      {R"({"a":1})", "{\"a\":"},             // truncated remotely
+      {"[1,2]", R"({"a":1})"},               // an array
+      {R"({"a":1})", "42"},                  // a scalar
+      {R"({"a":1})", "null"},                //
+      {R"("text")", R"({"a":1})"},           // a JSON string
+      {"", R"({"a":1})"},                    // empty
+      {"{\"a\":\"\xff\"}", R"({"b":1})"},    // invalid UTF-8
       {R"({"a":1} {"b":2})", R"({"c":3})"},  // trailing data
   };
   for (const auto& [local, remote] : cases) {
@@ -195,8 +195,7 @@ TEST(FieldMergeTest, DeepNestingIsBoundedAndNeverCrashes) {
 
 TEST(FieldMergeTest, MergeObjectsDirectly) {
   EXPECT_EQ(FieldMerge::MergeObjects(R"({"a":1})", R"({"a":2,"b":3})", true), R"({"a":1,"b":3})");
-  EXPECT_EQ(FieldMerge::MergeObjects(R"({"a":1})", R"({"a":2,"b":3})", false),
-            R"({"a":2,"b":3})");
+  EXPECT_EQ(FieldMerge::MergeObjects(R"({"a":1})", R"({"a":2,"b":3})", false), R"({"a":2,"b":3})");
   EXPECT_EQ(FieldMerge::MergeObjects("[]", "{}", true), std::nullopt);
 }
 
@@ -214,8 +213,8 @@ TEST(ConflictResolverTest, BuiltinsAreSafeFromManyThreads) {
         const Resolution m = fm.Resolve(op, r);
         const std::string a = l >= kT + 1 ? "1" : "2";
         if (m.payload != R"({"a":)" + a + R"(,"t":)" + std::to_string(t) + R"(,"b":3})") ++wrong;
-        if (lww.Resolve(op, r).kind != (l >= kT + 1 ? Resolution::kUseLocal
-                                                     : Resolution::kUseRemote)) {
+        if (lww.Resolve(op, r).kind !=
+            (l >= kT + 1 ? Resolution::kUseLocal : Resolution::kUseRemote)) {
           ++wrong;
         }
       }

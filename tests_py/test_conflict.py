@@ -97,7 +97,7 @@ def test_resolution_factories() -> None:
     with pytest.raises(cs.InvalidArgumentError):
         cs.Resolution.use_local().json()
     with pytest.raises(TypeError):
-        cs.Resolution()  # type: ignore[call-arg]
+        cs.Resolution()
 
 
 # ----------------------------------------------------------------------------- built-ins
@@ -272,7 +272,7 @@ def test_callable_resolver_needs_a_callable() -> None:
 
 def test_resolver_from_python_rejects_non_resolvers(queue: cs.SyncQueue) -> None:
     op = local_op(queue)
-    with pytest.raises(TypeError, match="resolver must be a cpcsync.ConflictResolver"):
+    with pytest.raises(TypeError, match=r"resolver must be a cpcsync\.ConflictResolver"):
         _core._resolve_in_thread(42, op, cs.Remote(b""))  # type: ignore[arg-type]
 
 

@@ -9,7 +9,7 @@
 namespace cpcsync {
 class BackoffStrategy;
 class ConflictResolver;
-}
+}  // namespace cpcsync
 
 namespace cpcsync::py_bindings {
 

@@ -30,7 +30,8 @@ Resolution ResolutionFromPython(py::handle result, py::handle source) {
   if (!py::isinstance<Resolution>(result)) {
     throw py::type_error("the conflict resolver " + std::string(py::repr(source)) +
                          " must return a cpcsync.Resolution (Resolution.use_local(), "
-                         "use_remote() or merge(payload)), not " + TypeName(result));
+                         "use_remote() or merge(payload)), not " +
+                         TypeName(result));
   }
   return result.cast<Resolution>();
 }
@@ -50,8 +51,7 @@ class PyConflictResolver : public ConflictResolver, public py::trampoline_self_l
  public:
   Resolution Resolve(const Operation& local, const Remote& remote) override {
     py::gil_scoped_acquire gil;
-    py::function override =
-        py::get_override(static_cast<const ConflictResolver*>(this), "resolve");
+    py::function override = py::get_override(static_cast<const ConflictResolver*>(this), "resolve");
     if (!override) {
       PyErr_Format(PyExc_NotImplementedError, "%s must override resolve(local, remote)",
                    Py_TYPE(Self().ptr())->tp_name);
@@ -167,8 +167,7 @@ ordered against a local operation: LastWriteWins then keeps the local one.)doc")
       .def_readonly("hlc", &Remote::hlc, "The remote write's HLC timestamp, or None.")
       .def_readonly("version", &Remote::version, "The remote version, or None.")
       .def(
-          "json", [](const Remote& r) { return JsonLoads(r.value); },
-          "Decode the value as JSON.")
+          "json", [](const Remote& r) { return JsonLoads(r.value); }, "Decode the value as JSON.")
       .def("__eq__",
            [](const Remote& a, py::handle b) -> py::object {
              if (!py::isinstance<Remote>(b)) {
@@ -245,8 +244,8 @@ are also callable: resolver(local, remote) is resolver.resolve(local, remote).)d
       .def("__call__", &ConflictResolver::Resolve, py::arg("local"), py::arg("remote"),
            py::call_guard<py::gil_scoped_release>(), "The same as resolve(local, remote).");
 
-  py::class_<LastWriteWins, ConflictResolver, py::smart_holder>(m, "LastWriteWins",
-                                                                py::is_final(), R"doc(
+  py::class_<LastWriteWins, ConflictResolver, py::smart_holder>(m, "LastWriteWins", py::is_final(),
+                                                                R"doc(
 The newer write wins, by HLC timestamp: use_local() when local.hlc >= remote.hlc (a tie
 goes to the local operation, as the seed's TimestampConflictResolver), use_remote() when
 remote.hlc is newer. A remote without an hlc counts as older: use_local().)doc")

@@ -43,8 +43,8 @@ namespace cpcsync {
 
 // The server's side of a conflict.
 struct Remote {
-  std::string value;             // bytes: the remote value (JSON for FieldMerge)
-  std::optional<uint64_t> hlc;   // the remote write's HLC timestamp, if the server has one
+  std::string value;               // bytes: the remote value (JSON for FieldMerge)
+  std::optional<uint64_t> hlc;     // the remote write's HLC timestamp, if the server has one
   std::optional<int64_t> version;  // the remote version, if the server has one
 };
 
