@@ -8,7 +8,8 @@
 
 namespace cpcsync {
 class BackoffStrategy;
-}
+class ConflictResolver;
+}  // namespace cpcsync
 
 namespace cpcsync::py_bindings {
 
@@ -19,6 +20,7 @@ void InitClock(py::module_& m);
 void InitLog(py::module_& m);
 void InitQueue(py::module_& m);
 void InitBackoff(py::module_& m);
+void InitConflict(py::module_& m);
 void InitMonitor(py::module_& m);
 void InitEngine(py::module_& m);
 
@@ -32,5 +34,10 @@ double StrictSeconds(py::handle obj, const char* name);
 // A cs.BackoffStrategy (built-in or Python subclass) as is, or a plain callable
 // fn(n) -> float wrapped as a CallableBackoff; TypeError otherwise. Needs the GIL.
 std::shared_ptr<BackoffStrategy> BackoffFromPython(py::handle obj);
+
+// A cs.ConflictResolver (built-in or Python subclass) as is, or a plain callable
+// fn(local: Operation, remote: Remote) -> Resolution wrapped as a CallableResolver;
+// TypeError otherwise. Needs the GIL.
+std::shared_ptr<ConflictResolver> ResolverFromPython(py::handle obj);
 
 }  // namespace cpcsync::py_bindings

@@ -10,6 +10,7 @@ PYBIND11_MODULE(_core, m) {
   b::InitLog(m);
   b::InitQueue(m);
   b::InitBackoff(m);
+  b::InitConflict(m);
   b::InitMonitor(m);
   b::InitEngine(m);
 }

@@ -3,7 +3,9 @@
 Record what users do as operations in a durable, prioritised outbox
 (:class:`SyncQueue`); cpcsync keeps them on local disk and delivers them when the
 network allows (:class:`NetworkMonitor` says when): most important first, in order
-per key, nothing lost across crashes.
+per key, nothing lost across crashes. When the server reports a conflict, a
+:class:`ConflictResolver` (:class:`LastWriteWins`, :class:`ServerWins`,
+:class:`ClientWins`, :class:`FieldMerge`, or your own) decides what happens.
 """
 
 from __future__ import annotations
@@ -15,15 +17,23 @@ from cpcsync import _core, _engine
 from cpcsync._core import (
     BackoffStrategy,
     CallableBackoff,
+    CallableResolver,
     CappedBackoff,
+    ClientWins,
     Clock,
+    ConflictResolver,
     ConstantBackoff,
     ExponentialBackoff,
+    FieldMerge,
     HybridLogicalClock,
+    LastWriteWins,
     LinearBackoff,
     NetworkMonitor,
     Operation,
     Probe,
+    Remote,
+    Resolution,
+    ServerWins,
     SumBackoff,
     ProcessingSummary,
     SyncEngine,
@@ -57,7 +67,7 @@ from cpcsync.http import HttpTransport
 __version__ = "0.1.0"
 
 atexit.register(_core._stop_log_bridge)
-SyncEngine.wait_idle_async = _engine.wait_idle_async  # type: ignore[method-assign]
+SyncEngine.wait_idle_async = _engine.wait_idle_async  # type: ignore[method-assign,assignment]
 
 
 class Priority(enum.IntEnum):
@@ -72,15 +82,20 @@ class Priority(enum.IntEnum):
 __all__ = [
     "BackoffStrategy",
     "CallableBackoff",
+    "CallableResolver",
     "CappedBackoff",
+    "ClientWins",
     "Clock",
     "ConflictError",
+    "ConflictResolver",
     "ConstantBackoff",
     "CorruptDatabaseError",
     "ExponentialBackoff",
+    "FieldMerge",
     "HttpTransport",
     "HybridLogicalClock",
     "InvalidArgumentError",
+    "LastWriteWins",
     "LinearBackoff",
     "NetworkError",
     "NetworkMonitor",
@@ -95,8 +110,11 @@ __all__ = [
     "QueueClosedError",
     "QueueFullError",
     "QueueLockedError",
+    "Remote",
+    "Resolution",
     "RetryAfter",
     "SQLiteError",
+    "ServerWins",
     "StorageError",
     "SumBackoff",
     "SyncEngine",

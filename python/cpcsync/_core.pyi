@@ -13,16 +13,24 @@ Payload: typing.TypeAlias = bytes | bytearray | memoryview | str | typing.Any
 __all__: list[str] = [
     "BackoffStrategy",
     "CallableBackoff",
+    "CallableResolver",
     "CappedBackoff",
+    "ClientWins",
     "Clock",
+    "ConflictResolver",
     "ConstantBackoff",
     "ExponentialBackoff",
+    "FieldMerge",
     "HybridLogicalClock",
+    "LastWriteWins",
     "LinearBackoff",
     "NetworkMonitor",
     "Operation",
     "ProcessingSummary",
     "Probe",
+    "Remote",
+    "Resolution",
+    "ServerWins",
     "SumBackoff",
     "SyncEngine",
     "SyncQueue",
@@ -333,6 +341,176 @@ class Operation:
         """
         'pending', 'in_flight' or 'dead'.
         """
+
+class Remote:
+    """
+    The server's side of a conflict: its current value, and the HLC timestamp and version
+    of the write that produced it when the server has them.
+
+    value may be bytes, str (stored as UTF-8) or anything JSON can encode (stored as
+    compact JSON); it is kept as bytes. hlc is an int in [0, 2**64) in the format of
+    op.hlc (HybridLogicalClock.pack); version an int. A remote without hlc cannot be
+    ordered against a local operation: LastWriteWins then keeps the local one.
+    """
+    def __init__(
+        self, value: Payload, hlc: int | None = None, version: int | None = None
+    ) -> None: ...
+    def __eq__(self, other: object) -> bool: ...
+    def __repr__(self) -> str: ...
+    __hash__: typing.ClassVar[None]  # type: ignore[assignment]
+    def json(self) -> typing.Any:
+        """
+        Decode the value as JSON.
+        """
+    @property
+    def hlc(self) -> int | None:
+        """
+        The remote write's HLC timestamp, or None.
+        """
+    @property
+    def value(self) -> bytes:
+        """
+        The remote value (bytes).
+        """
+    @property
+    def version(self) -> int | None:
+        """
+        The remote version, or None.
+        """
+
+class Resolution:
+    """
+    A conflict resolver's decision. Build one with a factory (there is no constructor):
+
+    - Resolution.use_local():      resend the local operation (against the remote version);
+    - Resolution.use_remote():     keep the remote value; the local operation is superseded;
+    - Resolution.merge(payload):   resend the operation with this payload instead (bytes,
+      str as UTF-8, or anything JSON can encode, as compact JSON).
+
+    kind is "use_local", "use_remote" or "merge"; payload the merged bytes (None unless
+    kind is "merge").
+    """
+    @staticmethod
+    def use_local() -> Resolution:
+        """
+        Resend the local operation as it is.
+        """
+    @staticmethod
+    def use_remote() -> Resolution:
+        """
+        Keep the remote value: the local operation is superseded.
+        """
+    @staticmethod
+    def merge(payload: Payload) -> Resolution:
+        """
+        Resend the operation with `payload` (bytes, str, or JSON-able) instead of its own.
+        """
+    def __eq__(self, other: object) -> bool: ...
+    def __repr__(self) -> str: ...
+    __hash__: typing.ClassVar[None]  # type: ignore[assignment]
+    def json(self) -> typing.Any:
+        """
+        Decode the merged payload as JSON (InvalidArgumentError unless kind is 'merge').
+        """
+    @property
+    def kind(self) -> typing.Literal["use_local", "use_remote", "merge"]:
+        """
+        'use_local', 'use_remote' or 'merge'.
+        """
+    @property
+    def payload(self) -> bytes | None:
+        """
+        The payload to resend (bytes) for 'merge'; None otherwise.
+        """
+
+class ConflictResolver:
+    """
+    Decides a conflict between a local operation the server refused and the server's
+    current value: resolve(local: Operation, remote: Remote) -> Resolution.
+
+    Built-ins: LastWriteWins (the newer HLC wins, tie -> local), ServerWins, ClientWins and
+    FieldMerge (JSON objects merged field by field). Custom resolvers: subclass and override
+    resolve(local, remote) (call super().__init__() if you define __init__), or pass a plain
+    function fn(local, remote) -> Resolution (wrapped as CallableResolver(fn)). C++ (the
+    engine) calls them like a built-in, taking the GIL for the call only; exceptions they
+    raise propagate, and returning anything but a Resolution raises TypeError. Resolvers
+    are also callable: resolver(local, remote) is resolver.resolve(local, remote).
+    """
+    def __init__(self) -> None: ...
+    def __call__(self, local: Operation, remote: Remote) -> Resolution:
+        """
+        The same as resolve(local, remote).
+        """
+    def resolve(self, local: Operation, remote: Remote) -> Resolution:
+        """
+        Decide between the local operation and the remote value.
+        """
+
+@typing.final
+class LastWriteWins(ConflictResolver):
+    """
+    The newer write wins, by HLC timestamp: use_local() when local.hlc >= remote.hlc (a tie
+    goes to the local operation, as the seed's TimestampConflictResolver), use_remote() when
+    remote.hlc is newer. A remote without an hlc counts as older: use_local().
+    """
+    def __init__(self) -> None: ...
+    def __repr__(self) -> str: ...
+
+@typing.final
+class ServerWins(ConflictResolver):
+    """
+    Always use_remote(): the server's value stands.
+    """
+    def __init__(self) -> None: ...
+    def __repr__(self) -> str: ...
+
+@typing.final
+class ClientWins(ConflictResolver):
+    """
+    Always use_local(): the local operation is resent.
+    """
+    def __init__(self) -> None: ...
+    def __repr__(self) -> str: ...
+
+@typing.final
+class FieldMerge(ConflictResolver):
+    """
+    Merges two JSON objects field by field: merge(payload) with every field of both sides.
+    A field on one side only is kept. A field on both sides whose values are both objects
+    is merged recursively by the same rules; otherwise (scalars, arrays, null, or an object
+    against a non-object) the side LastWriteWins picks supplies it: the local operation
+    when local.hlc >= remote.hlc or the remote has no hlc, the remote otherwise (operations
+    carry one timestamp, not one per field). The local object's fields come first, in
+    their order, then the remote-only ones. When either payload is not a JSON object
+    (invalid JSON or UTF-8, an array, a scalar, or nested deeper than 256 levels),
+    FieldMerge falls back to LastWriteWins: use_local() or use_remote().
+    """
+    def __init__(self) -> None: ...
+    def __repr__(self) -> str: ...
+
+@typing.final
+class CallableResolver(ConflictResolver):
+    """
+    A plain function fn(local: Operation, remote: Remote) -> Resolution as a resolver:
+    resolve(local, remote) calls fn(local, remote). Returning anything but a Resolution
+    raises TypeError; exceptions fn raises propagate unchanged.
+    """
+    def __init__(self, fn: collections.abc.Callable[[Operation, Remote], Resolution]) -> None: ...
+    def __repr__(self) -> str: ...
+    @property
+    def fn(self) -> collections.abc.Callable[[Operation, Remote], Resolution]:
+        """
+        The wrapped callable.
+        """
+
+def _resolve_in_thread(
+    resolver: ConflictResolver | collections.abc.Callable[[Operation, Remote], Resolution],
+    local: Operation,
+    remote: Remote,
+) -> Resolution:
+    """
+    Tests: resolve through ResolverFromPython on a C++ thread (GIL released), as the engine will.
+    """
 
 class SyncQueue:
     """
