@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bench_backoff
+import bench_engine
 import bench_monitor
 import bench_queue
 import harness
@@ -28,6 +29,7 @@ GROUPS: list[Callable[[], harness.Group]] = [
     bench_queue.group,
     bench_backoff.group,
     bench_monitor.group,
+    bench_engine.group,
 ]
 CASE_TIMEOUT_S = 300  # a case that hangs dumps every thread's stack and ends the run
 

@@ -345,3 +345,45 @@ def test_stress_threads_enqueue_while_engine_delivers_and_monitor_flaps() -> Non
         q.close()
     finally:
         faulthandler.cancel_dump_traceback_later()
+
+
+def test_max_elapsed_dead_letters_once_the_first_attempt_is_old(
+    queue: cs.SyncQueue, clock: cs.VirtualClock
+) -> None:
+    op = queue.enqueue("k", b"x")
+    transport = Recorder()
+    transport.default = cs.TransientError("down")
+    engine = cs.SyncEngine(
+        queue, transport, max_attempts=100, max_elapsed=10.0, backoff=cs.ConstantBackoff(4.0)
+    )
+    for _ in range(4):  # attempts at t = 0, 4, 8, 12 (12 - 0 >= 10: give up)
+        engine.process_once()
+        clock.advance(4.0)
+    assert len(transport.calls) == 4
+    (dead,) = queue.dead_letters()
+    assert dead.id == op and "max_elapsed" in (dead.last_error or "")
+
+
+def test_network_event_on_monitor_transitions(queue: cs.SyncQueue) -> None:
+    monitor = cs.NetworkMonitor(connected=False)
+    engine = cs.SyncEngine(queue, Recorder(), monitor=monitor)
+    seen: list[bool] = []
+    engine.on("network", lambda info: seen.append(info["connected"]))
+    monitor.set_connected(True)
+    monitor.set_connected(False)
+    assert seen == [True, False]
+
+
+def test_client_wins_resends_against_the_remote_version(queue: cs.SyncQueue) -> None:
+    op = queue.enqueue("set", {"v": "mine"}, key="k")
+    sent: list[tuple[bytes, int | None]] = []
+
+    def transport(o: cs.Operation) -> None:
+        sent.append((o.payload, o.base_version))
+        if len(sent) == 1:
+            raise cs.ConflictError({"v": "theirs"}, cs.HybridLogicalClock.pack(10**12, 0), 3)
+
+    summary = cs.SyncEngine(queue, transport, resolver=cs.ClientWins()).drain(timeout=30)
+    assert summary.conflicts == 1 and summary.successful == 1
+    assert sent == [(b'{"v":"mine"}', None), (b'{"v":"mine"}', 3)]
+    assert queue.get(op) is None
