@@ -319,8 +319,22 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
   return summary;
 }
 
+SyncEngine::BusyScope::BusyScope(SyncEngine& e) : e_(e) {
+  std::lock_guard lock(e_.mu_);
+  e_.busy_ += 1;
+}
+
+SyncEngine::BusyScope::~BusyScope() {
+  {
+    std::lock_guard lock(e_.mu_);
+    e_.busy_ -= 1;
+  }
+  e_.idle_->Notify();
+}
+
 ProcessingSummary SyncEngine::ProcessOnce() {
   if (!Connected()) return {};
+  BusyScope busy(*this);
   const size_t n = static_cast<size_t>(options_.concurrency) * options_.batch_size;
   std::vector<Operation> ops = queue_->Take(n);
   ProcessingSummary summary;
@@ -362,12 +376,16 @@ void SyncEngine::WorkerLoop() {
       waiter->WaitUntil(seen, kForever);
       continue;
     }
+    // Busy from before the take until the results are applied, so WaitIdle never
+    // sees the gap between a lease and its delivery as idle.
+    std::optional<BusyScope> busy(std::in_place, *this);
     std::vector<Operation> ops;
     try {
       ops = queue_->Take(static_cast<size_t>(options_.batch_size));
     } catch (const SyncError& e) {
       if (e.code() == ErrorCode::kClosed) return;
       Log().error("sync engine: take failed: {}", e.what());
+      busy.reset();
       waiter->WaitUntil(seen, clock_->Now() + 1.0);
       continue;
     }
@@ -378,8 +396,8 @@ void SyncEngine::WorkerLoop() {
       } catch (const SyncError&) {
         return;
       }
+      busy.reset();  // notifies idle waiters
       if (next && *next <= clock_->Now()) continue;
-      idle_->Notify();
       waiter->WaitUntil(seen, next.value_or(kForever));
       continue;
     }
@@ -403,7 +421,7 @@ void SyncEngine::Start() {
 bool SyncEngine::Idle() {
   {
     std::lock_guard lock(mu_);
-    if (stats_.in_flight > 0) return false;
+    if (busy_ > 0 || stats_.in_flight > 0) return false;
   }
   if (!Connected()) return true;
   const auto next = queue_->NextReadyAt();

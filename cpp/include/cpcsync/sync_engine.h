@@ -115,6 +115,16 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   const std::shared_ptr<Clock>& clock() const { return clock_; }
 
  private:
+  // Marks a take-and-deliver round in progress (see WaitIdle).
+  class BusyScope {
+   public:
+    explicit BusyScope(SyncEngine& e);
+    ~BusyScope();
+
+   private:
+    SyncEngine& e_;
+  };
+
   bool Connected() const;
   bool Idle();
   void WorkerLoop();
@@ -143,6 +153,7 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   std::vector<std::thread> workers_;
   bool stopping_ = false;
   size_t latency_next_ = 0;
+  int busy_ = 0;  // rounds between a take and the end of their delivery
 };
 
 }  // namespace cpcsync
