@@ -141,6 +141,22 @@ void SyncEngine::Forget(int64_t id) {
   sequences_.erase(id);
 }
 
+void SyncEngine::Bury(const Operation& op, const std::string& reason,
+                      ProcessingSummary& summary) {
+  queue_->DeadLetter(op.id, reason);
+  Forget(op.id);
+  summary.failed.emplace_back(op.id, reason);
+  {
+    std::lock_guard lock(mu_);
+    stats_.dead_lettered += 1;
+  }
+  EngineEvent e;
+  e.name = "dead_letter";
+  e.op = op;
+  e.error = reason;
+  Emit(std::move(e));
+}
+
 void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::string& error,
                              ProcessingSummary& summary) {
   const double now = clock_->Now();
@@ -152,18 +168,7 @@ void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::strin
         (out_of_attempts ? "gave up after " + std::to_string(op.attempts) + " attempts"
                          : "gave up after max_elapsed") +
         ": " + error;
-    queue_->DeadLetter(op.id, reason);
-    Forget(op.id);
-    summary.failed.emplace_back(op.id, reason);
-    {
-      std::lock_guard lock(mu_);
-      stats_.dead_lettered += 1;
-    }
-    EngineEvent e;
-    e.name = "dead_letter";
-    e.op = op;
-    e.error = reason;
-    Emit(std::move(e));
+    Bury(op, reason, summary);
     return;
   }
   queue_->Retry(op.id, delay, error);
@@ -214,21 +219,9 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
     case Kind::kRetryAfter:
       RetryOrBury(op, r.retry_after, r.error, summary);
       return;
-    case Kind::kPermanent: {
-      queue_->DeadLetter(op.id, r.error);
-      Forget(op.id);
-      summary.failed.emplace_back(op.id, r.error);
-      {
-        std::lock_guard lock(mu_);
-        stats_.dead_lettered += 1;
-      }
-      EngineEvent e;
-      e.name = "dead_letter";
-      e.op = op;
-      e.error = r.error;
-      Emit(std::move(e));
+    case Kind::kPermanent:
+      Bury(op, r.error, summary);
       return;
-    }
     case Kind::kConflict: {
       summary.conflicts += 1;
       if (r.remote.hlc) queue_->hlc().Observe(*r.remote.hlc);

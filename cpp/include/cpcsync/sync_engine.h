@@ -132,6 +132,7 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   void Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary);
   void RetryOrBury(const Operation& op, double delay, const std::string& error,
                    ProcessingSummary& summary);
+  void Bury(const Operation& op, const std::string& reason, ProcessingSummary& summary);
   std::shared_ptr<BackoffStrategy> BackoffFor(int64_t id);
   void Forget(int64_t id);
   void Emit(EngineEvent event);
