@@ -162,6 +162,9 @@ spdlog::level::level_enum ParseLevel(const std::string& name) {
 void InitLog(py::module_& m) {
   SetLogSink(std::make_shared<PythonSink>());
   TheBridge().Start();
+  // Stop the dispatcher at exit even if importing the rest of cpcsync fails.
+  py::module_::import("atexit").attr("register")(
+      py::cpp_function([] { TheBridge().Stop(); }));
   m.def("set_log_level", [](const std::string& level) { SetLogLevel(ParseLevel(level)); },
         py::arg("level"),
         "Set the level of cpcsync's C++ logging: trace, debug, info, warning, error, "

@@ -54,13 +54,13 @@ SyncEngine::SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transpo
     // A transition wakes sleeping workers (reconnect) and idle waiters (disconnect).
     std::weak_ptr<Waiter> work = queue_->waiter();
     std::weak_ptr<Waiter> idle = idle_;
-    monitor_token_ = monitor_->Subscribe([this, work, idle](bool connected) {
+    monitor_token_ = monitor_->Subscribe([work, idle, hub = events_](bool connected) {
       if (auto w = work.lock()) w->Notify();
       if (auto w = idle.lock()) w->Notify();
       EngineEvent e;
       e.name = "network";
       e.connected = connected;
-      Emit(std::move(e));
+      hub->Emit(e);
     });
   }
 }
@@ -98,33 +98,40 @@ void SyncEngine::On(const std::string& event, Listener listener) {
                  "' (delivered, retry, dead_letter, conflict, superseded, network)");
   }
   if (!listener) ThrowInvalid("listener must be callable");
-  std::lock_guard lock(mu_);
-  listeners_[event].push_back(std::move(listener));
+  std::lock_guard lock(events_->mu);
+  events_->listeners[event].push_back(std::move(listener));
 }
 
-void SyncEngine::Emit(EngineEvent event) {
+void SyncEngine::Emit(EngineEvent event) { events_->Emit(event); }
+
+void SyncEngine::EventHub::Emit(const EngineEvent& event) {
   std::vector<Listener> targets;
   {
-    std::lock_guard lock(mu_);
-    auto it = listeners_.find(event.name);
-    if (it == listeners_.end()) return;
+    std::lock_guard lock(mu);
+    auto it = listeners.find(event.name);
+    if (it == listeners.end()) return;
     targets = it->second;
   }
-  for (auto& fn : targets) {
+  for (auto& fn : targets) {  // no lock held while calling out
     try {
       fn(event);
     } catch (const std::exception& e) {
       Log().error("'{}' listener failed: {}", event.name, e.what());
-      std::lock_guard lock(mu_);
-      stats_.listener_errors += 1;
+      std::lock_guard lock(mu);
+      errors += 1;
     }
   }
 }
 
 EngineStats SyncEngine::Stats() const {
-  std::lock_guard lock(mu_);
-  EngineStats s = stats_;
-  s.running = !workers_.empty() && !stopping_;
+  EngineStats s;
+  {
+    std::lock_guard lock(mu_);
+    s = stats_;
+    s.running = !workers_.empty() && !stopping_;
+  }
+  std::lock_guard lock(events_->mu);
+  s.listener_errors = events_->errors;
   return s;
 }
 

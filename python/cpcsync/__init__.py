@@ -10,7 +10,6 @@ per key, nothing lost across crashes. When the server reports a conflict, a
 
 from __future__ import annotations
 
-import atexit
 import enum
 
 from cpcsync import _core, _engine
@@ -66,7 +65,6 @@ from cpcsync.http import HttpTransport
 
 __version__ = "0.1.0"
 
-atexit.register(_core._stop_log_bridge)
 SyncEngine.wait_idle_async = _engine.wait_idle_async  # type: ignore[method-assign,assignment]
 
 

@@ -137,6 +137,15 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   void Forget(int64_t id);
   void Emit(EngineEvent event);
 
+  // Listeners live apart from the engine, so the monitor observer (which may still
+  // run while the engine is destroyed) holds them, not the engine.
+  struct EventHub {
+    std::mutex mu;
+    std::map<std::string, std::vector<Listener>> listeners;
+    int64_t errors = 0;
+    void Emit(const EngineEvent& event);
+  };
+
   std::shared_ptr<SyncQueue> queue_;
   std::shared_ptr<Transport> transport_;
   std::shared_ptr<NetworkMonitor> monitor_;
@@ -146,10 +155,10 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   std::shared_ptr<Clock> clock_;
   std::shared_ptr<Waiter> idle_;  // notified when a delivery ends or the network changes
   std::optional<NetworkMonitor::Token> monitor_token_;
+  std::shared_ptr<EventHub> events_ = std::make_shared<EventHub>();
 
   mutable std::mutex mu_;  // guards everything below; never held while calling out
   std::map<int64_t, std::shared_ptr<BackoffStrategy>> sequences_;  // stateful backoff per op
-  std::map<std::string, std::vector<Listener>> listeners_;
   EngineStats stats_;
   std::vector<std::thread> workers_;
   bool stopping_ = false;
