@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import enum
 
-from cpcsync import _core, _engine
+from cpcsync import _engine
 from cpcsync._core import (
     BackoffStrategy,
     CallableBackoff,
