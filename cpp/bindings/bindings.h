@@ -9,6 +9,8 @@
 namespace cpcsync {
 class BackoffStrategy;
 class ConflictResolver;
+class Transport;
+struct DeliveryResult;
 }  // namespace cpcsync
 
 namespace cpcsync::py_bindings {
@@ -23,6 +25,8 @@ void InitBackoff(py::module_& m);
 void InitConflict(py::module_& m);
 void InitMonitor(py::module_& m);
 void InitEngine(py::module_& m);
+void InitTransport(py::module_& m);
+void InitFaulty(py::module_& m);
 
 // Payloads: bytes-like as is, str as UTF-8, anything else as compact JSON.
 std::string PayloadBytes(py::handle obj);
@@ -39,5 +43,29 @@ std::shared_ptr<BackoffStrategy> BackoffFromPython(py::handle obj);
 // fn(local: Operation, remote: Remote) -> Resolution wrapped as a CallableResolver;
 // TypeError otherwise. Needs the GIL.
 std::shared_ptr<ConflictResolver> ResolverFromPython(py::handle obj);
+
+// A Python object owned from C++: released with the GIL held, or leaked if the
+// interpreter is already gone (never touched without the GIL).
+class PyRef {
+ public:
+  explicit PyRef(py::object obj);
+  ~PyRef();
+  PyRef(const PyRef&) = delete;
+  PyRef& operator=(const PyRef&) = delete;
+  const py::object& get() const { return *obj_; }
+
+ private:
+  std::unique_ptr<py::object> obj_;
+};
+
+// A cs.Transport (C++, e.g. FaultyTransport) as is, or a Python transport (a
+// callable (op) -> None, sync or async, optionally with send_batch) wrapped so the
+// engine can call it; async ones run on `loop` (None: a loop the wrapper owns).
+// TypeError for anything else. Needs the GIL.
+std::shared_ptr<Transport> TransportFromPython(py::handle transport, py::object loop);
+
+// A DeliveryResult as the arguments of cpcsync._engine.raise_result:
+// (kind, error, retry_after, remote value, remote hlc, remote version). Needs the GIL.
+py::object RaiseArgs(const DeliveryResult& r);
 
 }  // namespace cpcsync::py_bindings

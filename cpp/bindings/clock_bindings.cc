@@ -15,14 +15,23 @@ engines. Use SystemClock (the default) or VirtualClock in tests.)doc")
                              "True when time moves only by advance().");
 
   py::class_<SystemClock, Clock, std::shared_ptr<SystemClock>>(m, "SystemClock",
-                                                                "The real wall clock.")
+                                                               "The real wall clock.")
       .def(py::init<>());
 
   py::class_<VirtualClock, Clock, std::shared_ptr<VirtualClock>>(m, "VirtualClock", R"doc(
 A clock that moves only when advance() is called. Anything waiting on it (queue
 waits, retries, probes) wakes as soon as virtual time passes its deadline, so a test
 runs hours of retries in milliseconds, deterministically.)doc")
-      .def(py::init<double>(), py::arg("start") = 0.0)
+      .def(py::init([](double start, bool auto_advance) {
+             auto c = std::make_shared<VirtualClock>(start);
+             c->SetAutoAdvance(auto_advance);
+             return c;
+           }),
+           py::arg("start") = 0.0, py::arg("auto_advance") = false)
+      .def_property("auto_advance", &VirtualClock::AutoAdvance, &VirtualClock::SetAutoAdvance,
+                    "When True, a wait on this clock with a deadline moves time to the deadline at "
+                    "once instead of blocking: for one thread that drives everything (Simulation). "
+                    "With several threads waiting, which jumps first is up to the scheduler.")
       .def("advance", &VirtualClock::Advance, py::arg("seconds"),
            py::call_guard<py::gil_scoped_release>(),
            "Move time forward by `seconds` (finite, >= 0) and wake whatever waits on it.")
@@ -32,7 +41,8 @@ runs hours of retries in milliseconds, deterministically.)doc")
         return "VirtualClock(now=" + std::to_string(c.Now()) + ")";
       });
 
-  py::class_<HybridLogicalClock, std::shared_ptr<HybridLogicalClock>>(m, "HybridLogicalClock", R"doc(
+  py::class_<HybridLogicalClock, std::shared_ptr<HybridLogicalClock>>(m, "HybridLogicalClock",
+                                                                      R"doc(
 A hybrid logical clock (Kulkarni et al., 2014): timestamps that order events
 across machines whose wall clocks disagree. A timestamp is an int with physical
 milliseconds in the high 48 bits and a logical counter in the low 16. now() is
@@ -47,7 +57,8 @@ wall clock jumps backwards. Queues stamp every operation with one (op.hlc).)doc"
       .def("now", &HybridLogicalClock::Now, "A new timestamp for a local event.")
       .def("observe", &HybridLogicalClock::Observe, py::arg("remote"),
            "Merge a remote timestamp: later now() results are after it.")
-      .def_property_readonly("last", &HybridLogicalClock::Last, "The latest timestamp issued or observed.")
+      .def_property_readonly("last", &HybridLogicalClock::Last,
+                             "The latest timestamp issued or observed.")
       .def_static("physical_ms", &HybridLogicalClock::PhysicalMs, py::arg("hlc"),
                   "The wall-clock milliseconds part of a timestamp.")
       .def_static("logical", &HybridLogicalClock::Logical, py::arg("hlc"),

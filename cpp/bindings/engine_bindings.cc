@@ -9,115 +9,6 @@
 namespace cpcsync::py_bindings {
 namespace {
 
-// A Python object owned from C++: released with the GIL held, or leaked if the
-// interpreter is already gone (never touched without the GIL).
-class PyRef {
- public:
-  explicit PyRef(py::object obj) : obj_(std::make_unique<py::object>(std::move(obj))) {}
-  ~PyRef() {
-    if (!obj_) return;
-    if (!Py_IsInitialized()) {
-      (void)obj_.release();  // NOLINT: the interpreter is gone; nothing may touch it
-      return;
-    }
-    py::gil_scoped_acquire gil;
-    obj_.reset();
-  }
-  PyRef(const PyRef&) = delete;
-  PyRef& operator=(const PyRef&) = delete;
-  const py::object& get() const { return *obj_; }
-
- private:
-  std::unique_ptr<py::object> obj_;
-};
-
-DeliveryResult FromException(const py::object& support, const py::object& exc) {
-  py::tuple t = support.attr("classify")(exc);
-  DeliveryResult r;
-  r.kind = static_cast<DeliveryResult::Kind>(t[0].cast<int>());
-  r.error = t[1].cast<std::string>();
-  r.retry_after = t[2].cast<double>();
-  if (r.kind == DeliveryResult::Kind::kConflict) {
-    if (!t[3].is_none()) r.remote.value = PayloadBytes(t[3]);
-    if (!t[4].is_none()) r.remote.hlc = t[4].cast<uint64_t>();
-    if (!t[5].is_none()) r.remote.version = t[5].cast<int64_t>();
-  }
-  return r;
-}
-
-// Calls a Python transport: a callable `fn(op)`, async or not; `send_batch(ops)`
-// when the object has one. The GIL is taken only for the call; the engine holds
-// no lock while it runs.
-class PyTransport final : public Transport {
- public:
-  PyTransport(py::object transport, py::object loop)
-      : support_(py::module_::import("cpcsync._engine")),
-        transport_(transport),
-        runner_(support_.get().attr("LoopRunner")(loop)),
-        batch_(py::hasattr(transport, "send_batch")
-                   ? std::make_unique<PyRef>(transport.attr("send_batch"))
-                   : nullptr) {
-    if (!PyCallable_Check(transport.ptr())) {
-      throw py::type_error("transport must be callable (op) -> None, or have send_batch(ops)");
-    }
-  }
-  ~PyTransport() override {
-    if (!Py_IsInitialized()) return;
-    py::gil_scoped_acquire gil;
-    try {
-      runner_.get().attr("close")();
-    } catch (py::error_already_set& e) {
-      e.discard_as_unraisable("cpcsync transport loop close");
-    }
-  }
-
-  DeliveryResult Send(const Operation& op) override {
-    py::gil_scoped_acquire gil;
-    try {
-      support_.get().attr("invoke")(transport_.get(), op, runner_.get());
-      return DeliveryResult::Delivered();
-    } catch (py::error_already_set& e) {
-      return FromException(support_.get(), e.value());
-    }
-  }
-
-  bool SupportsBatch() const override { return batch_ != nullptr; }
-
-  std::vector<DeliveryResult> SendBatch(const std::vector<Operation>& ops) override {
-    py::gil_scoped_acquire gil;
-    std::vector<DeliveryResult> out;
-    try {
-      py::object results = support_.get().attr("invoke")(batch_->get(), py::cast(ops),
-                                                         runner_.get());
-      py::list items = results.is_none() ? py::list() : py::list(results);
-      for (size_t i = 0; i < ops.size(); ++i) {
-        if (results.is_none()) {
-          out.push_back(DeliveryResult::Delivered());
-          continue;
-        }
-        if (i >= items.size()) {
-          out.push_back(DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
-                                               "send_batch returned fewer results than ops"));
-          continue;
-        }
-        py::object exc = support_.get().attr("outcome_of")(items[i]);
-        out.push_back(exc.is_none() ? DeliveryResult::Delivered()
-                                    : FromException(support_.get(), exc));
-      }
-    } catch (py::error_already_set& e) {
-      const DeliveryResult r = FromException(support_.get(), e.value());
-      out.assign(ops.size(), r);
-    }
-    return out;
-  }
-
- private:
-  PyRef support_;
-  PyRef transport_;
-  PyRef runner_;
-  std::unique_ptr<PyRef> batch_;
-};
-
 py::dict EventDict(const EngineEvent& e) {
   py::dict d;
   d["event"] = e.name;
@@ -174,23 +65,22 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
 (None for delivered, or an exception instance).)doc")
       .def(py::init([](std::shared_ptr<SyncQueue> queue, py::object transport,
                        std::shared_ptr<NetworkMonitor> monitor, py::object backoff,
-                       py::object resolver, int max_attempts,
-                       std::optional<double> max_elapsed, int concurrency, int batch_size,
-                       std::shared_ptr<Clock> clock, py::object loop) {
+                       py::object resolver, int max_attempts, std::optional<double> max_elapsed,
+                       int concurrency, int batch_size, std::shared_ptr<Clock> clock,
+                       py::object loop) {
              EngineOptions o;
              o.max_attempts = max_attempts;
              o.max_elapsed = max_elapsed;
              o.concurrency = concurrency;
              o.batch_size = batch_size;
-             auto t = std::make_shared<PyTransport>(transport, loop);
+             std::shared_ptr<Transport> t = TransportFromPython(transport, loop);
              std::shared_ptr<BackoffStrategy> b =
                  backoff.is_none() ? nullptr : BackoffFromPython(backoff);
              std::shared_ptr<ConflictResolver> r =
                  resolver.is_none() ? nullptr : ResolverFromPython(resolver);
              py::gil_scoped_release release;
-             return std::make_shared<SyncEngine>(std::move(queue), std::move(t),
-                                                 std::move(monitor), std::move(b), std::move(r), o,
-                                                 std::move(clock));
+             return std::make_shared<SyncEngine>(std::move(queue), std::move(t), std::move(monitor),
+                                                 std::move(b), std::move(r), o, std::move(clock));
            }),
            py::arg("queue"), py::arg("transport"), py::kw_only(), py::arg("monitor") = nullptr,
            py::arg("backoff") = py::none(), py::arg("resolver") = py::none(),

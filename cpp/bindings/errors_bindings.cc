@@ -50,10 +50,11 @@ py::object ToPython(const SyncError& e) {
   } catch (const SyncError& inner) {
     PyException_SetCause(exc.ptr(), ToPython(inner).release().ptr());
   } catch (const std::exception& inner) {
-    PyException_SetCause(exc.ptr(), py::reinterpret_steal<py::object>(
-                                        PyObject_CallFunction(PyExc_RuntimeError, "s", inner.what()))
-                                        .release()
-                                        .ptr());
+    PyException_SetCause(exc.ptr(),
+                         py::reinterpret_steal<py::object>(
+                             PyObject_CallFunction(PyExc_RuntimeError, "s", inner.what()))
+                             .release()
+                             .ptr());
   }
   return exc;
 }

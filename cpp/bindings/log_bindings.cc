@@ -110,7 +110,7 @@ class Bridge {
   }
 
   static void Deliver(const std::deque<Record>& batch, uint64_t dropped) {
-    #if PY_VERSION_HEX >= 0x030D0000
+#if PY_VERSION_HEX >= 0x030D0000
     if (!Py_IsInitialized() || Py_IsFinalizing()) return;
 #else
     if (!Py_IsInitialized() || _Py_IsFinalizing()) return;
@@ -163,20 +163,25 @@ void InitLog(py::module_& m) {
   SetLogSink(std::make_shared<PythonSink>());
   TheBridge().Start();
   // Stop the dispatcher at exit even if importing the rest of cpcsync fails.
-  py::module_::import("atexit").attr("register")(
-      py::cpp_function([] { TheBridge().Stop(); }));
-  m.def("set_log_level", [](const std::string& level) { SetLogLevel(ParseLevel(level)); },
-        py::arg("level"),
-        "Set the level of cpcsync's C++ logging: trace, debug, info, warning, error, "
-        "critical or off (default warning). Records go to the Python logger 'cpcsync'.");
-  m.def("flush_logs", [] { TheBridge().Flush(); },
-        "Block until every record logged so far has reached Python's logging.");
-  m.def("_stop_log_bridge", [] { TheBridge().Stop(); },
-        "Stop the log dispatcher thread (registered with atexit).");
-  m.def("_log", [](const std::string& level, const std::string& text) {
-    Log().log(ParseLevel(level), "{}", text);
-  }, py::arg("level"), py::arg("text"), py::call_guard<py::gil_scoped_release>(),
-        "Log a message through the C++ logger (tests).");
+  py::module_::import("atexit").attr("register")(py::cpp_function([] { TheBridge().Stop(); }));
+  m.def(
+      "set_log_level", [](const std::string& level) { SetLogLevel(ParseLevel(level)); },
+      py::arg("level"),
+      "Set the level of cpcsync's C++ logging: trace, debug, info, warning, error, "
+      "critical or off (default warning). Records go to the Python logger 'cpcsync'.");
+  m.def(
+      "flush_logs", [] { TheBridge().Flush(); },
+      "Block until every record logged so far has reached Python's logging.");
+  m.def(
+      "_stop_log_bridge", [] { TheBridge().Stop(); },
+      "Stop the log dispatcher thread (registered with atexit).");
+  m.def(
+      "_log",
+      [](const std::string& level, const std::string& text) {
+        Log().log(ParseLevel(level), "{}", text);
+      },
+      py::arg("level"), py::arg("text"), py::call_guard<py::gil_scoped_release>(),
+      "Log a message through the C++ logger (tests).");
 }
 
 }  // namespace cpcsync::py_bindings

@@ -12,5 +12,7 @@ PYBIND11_MODULE(_core, m) {
   b::InitBackoff(m);
   b::InitConflict(m);
   b::InitMonitor(m);
+  b::InitTransport(m);
   b::InitEngine(m);
+  b::InitFaulty(m);
 }

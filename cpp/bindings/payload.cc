@@ -25,16 +25,15 @@ std::string PayloadBytes(py::handle obj) {
   // One encoder, built once: json.dumps with non-default arguments would build a
   // new JSONEncoder on every call.
   PYBIND11_CONSTINIT static py::gil_safe_call_once_and_store<py::object> json_encode;
-  py::object& encode = json_encode
-                           .call_once_and_store_result([]() -> py::object {
-                             py::dict kwargs;
-                             kwargs["separators"] = py::make_tuple(",", ":");
-                             kwargs["ensure_ascii"] = false;
-                             return py::module_::import("json")
-                                 .attr("JSONEncoder")(**kwargs)
-                                 .attr("encode");
-                           })
-                           .get_stored();
+  py::object& encode =
+      json_encode
+          .call_once_and_store_result([]() -> py::object {
+            py::dict kwargs;
+            kwargs["separators"] = py::make_tuple(",", ":");
+            kwargs["ensure_ascii"] = false;
+            return py::module_::import("json").attr("JSONEncoder")(**kwargs).attr("encode");
+          })
+          .get_stored();
   py::object text = encode(obj);  // TypeError for what JSON cannot encode
   return PayloadBytes(text);
 }

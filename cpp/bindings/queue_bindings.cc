@@ -78,12 +78,13 @@ NewOp MakeOp(py::handle kind, py::handle payload, py::handle key, py::handle pri
 NewOp OpFromMapping(py::handle item) {
   if (!PyDict_Check(item.ptr())) throw py::type_error("enqueue_many items must be dicts");
   py::dict d = py::reinterpret_borrow<py::dict>(item);
-  static const char* kKnown[] = {"kind",           "payload",  "key", "priority",
-                                 "idempotency_key", "coalesce", "ttl", "delay"};
+  static const char* kKnown[] = {"kind",     "payload", "key",  "priority", "idempotency_key",
+                                 "coalesce", "ttl",     "delay"};
   for (auto [k, v] : d) {
     bool known = false;
     for (const char* name : kKnown) known = known || py::str(k).cast<std::string>() == name;
-    if (!known) ThrowInvalid("enqueue_many: unknown field '" + py::str(k).cast<std::string>() + "'");
+    if (!known)
+      ThrowInvalid("enqueue_many: unknown field '" + py::str(k).cast<std::string>() + "'");
   }
   for (const char* required : {"kind", "payload"}) {
     if (!d.contains(required)) {
@@ -150,7 +151,8 @@ or "dead"), expires_at, base_version.)doc")
       .def_readonly("kind", &Operation::kind, "What the operation does, e.g. 'set_currency'.")
       .def_readonly("key", &Operation::key, "The entity it applies to (ordering lane), or None.")
       .def_property_readonly(
-          "payload", [](const Operation& op) { return py::bytes(op.payload); }, "The payload bytes.")
+          "payload", [](const Operation& op) { return py::bytes(op.payload); },
+          "The payload bytes.")
       .def_readonly("priority", &Operation::priority, "0..255; higher is delivered first.")
       .def_readonly("idempotency_key", &Operation::idempotency_key,
                     "Key a server uses to apply the operation once.")
@@ -198,8 +200,8 @@ or "dead"), expires_at, base_version.)doc")
           },
           "All attributes as a dict (payload as bytes).")
       .def("__repr__", [](const Operation& op) {
-        return "Operation(id=" + std::to_string(op.id) + ", kind='" + op.kind + "', key=" +
-               (op.key ? "'" + *op.key + "'" : std::string("None")) +
+        return "Operation(id=" + std::to_string(op.id) + ", kind='" + op.kind +
+               "', key=" + (op.key ? "'" + *op.key + "'" : std::string("None")) +
                ", priority=" + std::to_string(op.priority) + ", state='" + OpStateName(op.state) +
                "', attempts=" + std::to_string(op.attempts) + ")";
       });
@@ -214,7 +216,8 @@ dead letters. A context manager: leaving the block closes it.)doc")
           [](py::object path, const std::string& durability, py::object max_ops,
              py::object max_bytes, const std::string& overflow, std::shared_ptr<Clock> clock,
              bool read_only) {
-            const std::string p = py::module_::import("os").attr("fspath")(path).cast<std::string>();
+            const std::string p =
+                py::module_::import("os").attr("fspath")(path).cast<std::string>();
             SqliteOptions options;
             options.durability = ParseDurability(durability);
             options.read_only = read_only;
@@ -224,8 +227,7 @@ dead letters. A context manager: leaving the block closes it.)doc")
           },
           py::arg("path"), py::kw_only(), py::arg("durability") = "full",
           py::arg("max_ops") = py::none(), py::arg("max_bytes") = py::none(),
-          py::arg("overflow") = "reject", py::arg("clock") = nullptr,
-          py::arg("read_only") = false,
+          py::arg("overflow") = "reject", py::arg("clock") = nullptr, py::arg("read_only") = false,
           R"doc(Open (or create, mode 0600) the queue file at `path`.
 
 durability: "full" (survives power loss), "normal" (survives a process crash) or
@@ -245,17 +247,15 @@ file and CorruptDatabaseError for a damaged one, without modifying either.)doc")
           "A queue in process memory with the same semantics; nothing survives the process.")
       .def(
           "enqueue",
-          [](SyncQueue& q, py::handle kind, py::handle payload, py::handle key,
-             py::handle priority, py::handle idempotency_key, py::handle coalesce, py::handle ttl,
-             py::handle delay) {
+          [](SyncQueue& q, py::handle kind, py::handle payload, py::handle key, py::handle priority,
+             py::handle idempotency_key, py::handle coalesce, py::handle ttl, py::handle delay) {
             NewOp op = MakeOp(kind, payload, key, priority, idempotency_key, coalesce, ttl, delay);
             MaybeRelease release(q);
             return q.Enqueue(std::move(op));
           },
-          py::arg("kind"), py::arg("payload"), py::kw_only(),
-          py::arg("key") = py::none(), py::arg("priority") = priority::kMedium,
-          py::arg("idempotency_key") = py::none(), py::arg("coalesce") = false,
-          py::arg("ttl") = py::none(), py::arg("delay") = 0.0,
+          py::arg("kind"), py::arg("payload"), py::kw_only(), py::arg("key") = py::none(),
+          py::arg("priority") = priority::kMedium, py::arg("idempotency_key") = py::none(),
+          py::arg("coalesce") = false, py::arg("ttl") = py::none(), py::arg("delay") = 0.0,
           R"doc(Store one operation and return its id once it is durable.
 
 payload: bytes, str (UTF-8) or anything json.dumps accepts. key: the entity
@@ -369,6 +369,14 @@ expires into the dead letters. delay: seconds before it may be delivered.)doc")
           "Block (GIL released) until an op is deliverable or `timeout` seconds pass on the "
           "queue's clock. Wakes on enqueues, also from other processes. True if one is ready.")
       .def(
+          "next_ready_at",
+          [](SyncQueue& q) {
+            MaybeRelease release(q);
+            return q.NextReadyAt();
+          },
+          "Clock time at which the earliest pending operation becomes deliverable (now or "
+          "earlier if one is ready), or None when nothing is pending.")
+      .def(
           "acquire_consumer",
           [](SyncQueue& q) {
             MaybeRelease release(q);
@@ -383,8 +391,8 @@ expires into the dead letters. delay: seconds before it may be delivered.)doc")
           },
           "Close the queue; in-flight ops become pending again. Idempotent.")
       .def(
-          "observe_hlc",
-          [](SyncQueue& q, uint64_t remote) { q.hlc().Observe(remote); }, py::arg("remote"),
+          "observe_hlc", [](SyncQueue& q, uint64_t remote) { q.hlc().Observe(remote); },
+          py::arg("remote"),
           "Merge a remote HLC timestamp (say, a server's version stamp): operations enqueued "
           "later get larger stamps.")
       .def_property_readonly(

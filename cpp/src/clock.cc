@@ -107,6 +107,14 @@ bool Waiter::WaitUntil(uint64_t seen, double deadline) {
     if (generation_ != seen || closed_) return true;
     const double now = clock_->Now();
     if (now >= deadline) return false;
+    if (clock_->AutoAdvance() && !std::isinf(deadline)) {
+      // The driver owns time: jump to the deadline (AdvanceTo ticks this waiter,
+      // which takes mu_, so release it first).
+      lock.unlock();
+      if (auto* v = dynamic_cast<VirtualClock*>(clock_.get())) v->AdvanceTo(deadline);
+      lock.lock();
+      continue;
+    }
     if (clock_->IsVirtual() || std::isinf(deadline)) {
       cv_.wait(lock);
     } else {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import threading
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -106,6 +107,78 @@ def outcome_of(item: Any) -> BaseException | None:
     if isinstance(item, BaseException):
         return item
     return errors.TransientError(f"send_batch returned {item!r} for an operation")
+
+
+FAULT_KINDS = ("transient", "network", "timeout", "reset", "permanent", "conflict", "retry_after")
+_SUCCESS = (None, True, "ok", "success", "delivered")
+
+FaultSpec = tuple[str, str, float, float, Any, Any, Any]
+
+
+def fault_spec(spec: Any) -> FaultSpec | None:
+    """A FaultyTransport fault from a friendly spec, or None for "succeed".
+
+    Specs: None, True, "ok" -> succeed; False -> a transient failure; a kind name
+    (one of FAULT_KINDS); an exception instance or class, classified as the engine
+    classifies what a transport raises (TimeoutError -> "timeout",
+    ConnectionResetError -> "reset", other OSError -> "network", RetryAfter,
+    ConflictError with its remote, PermanentError, anything else -> "transient").
+    Returns (kind, message, retry_after, delay, remote, remote_hlc, remote_version).
+    """
+    if isinstance(spec, str):
+        if spec in _SUCCESS:
+            return None
+        if spec not in FAULT_KINDS:
+            raise errors.InvalidArgumentError(
+                f"unknown fault kind {spec!r}; expected one of {', '.join(FAULT_KINDS)}"
+            )
+        return spec, "", 0.0, 0.0, None, None, None
+    if spec is None or spec is True:
+        return None
+    if spec is False:
+        return "transient", "", 0.0, 0.0, None, None, None
+    if isinstance(spec, type) and issubclass(spec, BaseException):
+        spec = spec()
+    if not isinstance(spec, BaseException):
+        raise TypeError(
+            "a fault is None/True (succeed), False, a kind name or an exception, "
+            f"not {type(spec).__name__}"
+        )
+    text = describe(spec)
+    if isinstance(spec, errors.RetryAfter):
+        return "retry_after", text, spec.seconds, 0.0, None, None, None
+    if isinstance(spec, errors.ConflictError):
+        return ("conflict", text, 0.0, 0.0, spec.remote, spec.remote_timestamp, spec.remote_version)
+    if isinstance(spec, errors.PermanentError):
+        return "permanent", text, 0.0, 0.0, None, None, None
+    if isinstance(spec, TimeoutError):
+        return "timeout", text, 0.0, 0.0, None, None, None
+    if isinstance(spec, ConnectionResetError):
+        return "reset", text, 0.0, 0.0, None, None, None
+    if isinstance(spec, OSError):
+        return "network", text, 0.0, 0.0, None, None, None
+    return "transient", text, 0.0, 0.0, None, None, None
+
+
+def raise_result(
+    kind: int, error: str, retry_after: float, remote: Any, hlc: Any, version: Any
+) -> None:
+    """Raise the exception a Python transport would raise for a C++ failure result."""
+    if kind == RETRY_AFTER:
+        raise errors.RetryAfter(retry_after)
+    if kind == CONFLICT:
+        value = remote
+        if isinstance(remote, bytes):
+            try:
+                value = json.loads(remote) if remote else None
+            except ValueError:
+                value = remote
+        raise errors.ConflictError(value, hlc, version)
+    if kind == PERMANENT:
+        raise errors.PermanentError(error)
+    if kind == NETWORK:
+        raise errors.NetworkError(error)
+    raise errors.TransientError(error)
 
 
 async def wait_idle_async(engine: Any, timeout: float | None = None) -> bool:

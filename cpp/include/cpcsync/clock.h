@@ -7,10 +7,17 @@
 // Times are seconds as double. SystemClock::Now() is the Unix wall clock.
 // VirtualClock::Now() starts where it is told and moves only on Advance().
 //
+// Auto-advance (VirtualClock::SetAutoAdvance): for a single-threaded driver that owns
+// time, such as cpcsync.testing.Simulation. A wait that has a finite deadline and is
+// not woken first moves the clock to that deadline instead of blocking: sleeping is
+// jumping. With other threads also waiting on the clock, which of them jumps first
+// is up to the scheduler, so use it only where one thread drives everything.
+//
 // Waiting is done through a Waiter (waiter.h), which a clock wakes when virtual
 // time passes a deadline. Thread-safety: all methods are safe from any thread.
 #pragma once
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -28,6 +35,9 @@ class Clock {
   virtual bool IsVirtual() const { return false; }
   // Registers a waiter to be woken whenever virtual time moves. No-op for real clocks.
   virtual void Attach(const std::shared_ptr<Waiter>& waiter) {}
+  // True when a wait with a finite deadline should move time to that deadline at
+  // once instead of blocking (a VirtualClock in auto-advance mode; see below).
+  virtual bool AutoAdvance() const { return false; }
 };
 
 class SystemClock final : public Clock {
@@ -49,8 +59,11 @@ class VirtualClock final : public Clock {
   void Advance(double seconds);
   // Moves time to `t` if it is later than now.
   void AdvanceTo(double t);
+  bool AutoAdvance() const override { return auto_advance_.load(); }
+  void SetAutoAdvance(bool on) { auto_advance_.store(on); }
 
  private:
+  std::atomic<bool> auto_advance_{false};
   mutable std::mutex mu_;
   double now_;
   std::vector<std::weak_ptr<Waiter>> waiters_;

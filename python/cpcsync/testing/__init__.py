@@ -1,11 +1,47 @@
-"""Test helpers for cpcsync users: a reference sync server to deliver to.
+"""cpcsync's testing toolkit: script bad networks, deterministically or for real.
 
-:class:`SyncServer` is a real HTTP server on 127.0.0.1 with its own SQLite file,
-the counterpart of :class:`cpcsync.HttpTransport` (wire format in docs/http.md).
+- :class:`FaultyTransport`: scripted delivery failures, latency and partitions on a
+  clock (virtual in tests), with a ``history`` of every attempt.
+- :class:`Simulation`: runs an engine, queue, monitor and FaultyTransport on one
+  VirtualClock from the calling thread: ``run_until_idle()``, ``run_for(seconds)``.
+- :class:`Scenario`: a timeline (offline 30 s, flap, 5xx, partition, latency...)
+  applied to a Simulation or played in real time against a FaultProxy.
+- :class:`FaultProxy`: a real TCP proxy with Toxiproxy's toxics (docs/fault-proxy.md).
+- :class:`SyncServer`: a real HTTP sync server on 127.0.0.1 with its own SQLite file,
+  the counterpart of :class:`cpcsync.HttpTransport` (wire format in docs/http.md).
+- A pytest plugin (:mod:`cpcsync.testing.plugin`) with fixtures for all of them.
+Guide: docs/testing-with-faults.md.
 """
 
 from __future__ import annotations
 
-from cpcsync.testing.server import SyncServer
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["SyncServer"]
+from cpcsync.testing.faulty import Attempt, FaultyTransport
+from cpcsync.testing.scenario import Scenario, ScenarioPlayer, Step
+from cpcsync.testing.server import SyncServer
+from cpcsync.testing.simulation import Simulation, SimulationStuck
+
+if TYPE_CHECKING:
+    from cpcsync.testing.proxy import FaultProxy
+
+__all__ = [
+    "Attempt",
+    "FaultProxy",
+    "FaultyTransport",
+    "Scenario",
+    "ScenarioPlayer",
+    "Simulation",
+    "SimulationStuck",
+    "Step",
+    "SyncServer",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # FaultProxy lives in C++ with its own I/O thread machinery: import it on first use.
+    if name == "FaultProxy":
+        from cpcsync.testing.proxy import FaultProxy
+
+        return FaultProxy
+    raise AttributeError(f"module 'cpcsync.testing' has no attribute {name!r}")

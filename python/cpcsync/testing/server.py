@@ -285,6 +285,19 @@ class SyncServer:
         with self._lock:
             self._delay = float(seconds)
 
+    def reset(self) -> None:
+        """Forget everything: applied entities, idempotency keys, the log, the received
+        and request records, pending ``fail_next`` and ``delay``. The server keeps
+        running on the same port (the pytest plugin resets a session server this way)."""
+        with self._lock:
+            db = self._require_db()
+            db.executescript("DELETE FROM entities; DELETE FROM idempotency; DELETE FROM log;")
+            self._received.clear()
+            self._requests.clear()
+            self._fail_remaining = 0
+            self._fail_retry_after = None
+            self._delay = 0.0
+
     # ---------------------------------------------------------------- internals
 
     def _require_db(self) -> sqlite3.Connection:
