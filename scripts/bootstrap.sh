@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(g++ cmake ninja-build libsqlite3-dev libspdlog-dev libfmt-dev libgtest-dev
-              libgmock-dev libasio-dev nlohmann-json3-dev libbenchmark-dev sqlite3 python3-venv)
+              libgmock-dev libasio-dev nlohmann-json3-dev libbenchmark-dev sqlite3 python3-venv
+              clang-format)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

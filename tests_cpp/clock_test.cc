@@ -60,5 +60,24 @@ TEST(Waiter, SystemClockDeadlinePasses) {
   EXPECT_GE(clock->Now(), start + 0.02);
 }
 
+TEST(VirtualClock, AutoAdvanceMakesAWaitJumpToItsDeadline) {
+  auto clock = std::make_shared<VirtualClock>(1.0);
+  clock->SetAutoAdvance(true);
+  auto w = Waiter::Create(clock);
+  EXPECT_FALSE(w->WaitUntil(w->Generation(), 61.0));  // returns at once: time jumped
+  EXPECT_EQ(clock->Now(), 61.0);
+  EXPECT_FALSE(w->WaitUntil(w->Generation(), 5.0));  // already past: no move back
+  EXPECT_EQ(clock->Now(), 61.0);
+  // An open-ended wait still blocks until notified.
+  std::atomic<bool> woke{false};
+  const uint64_t seen = w->Generation();
+  std::thread sleeper([&] { woke = w->WaitUntil(seen, Waiter::kForever); });
+  w->Notify();
+  sleeper.join();
+  EXPECT_TRUE(woke.load());
+  clock->SetAutoAdvance(false);
+  EXPECT_FALSE(clock->AutoAdvance());
+}
+
 }  // namespace
 }  // namespace cpcsync

@@ -11,6 +11,7 @@ import typing
 
 Payload: typing.TypeAlias = bytes | bytearray | memoryview | str | typing.Any
 __all__: list[str] = [
+    "Attempt",
     "BackoffStrategy",
     "CallableBackoff",
     "CallableResolver",
@@ -20,6 +21,7 @@ __all__: list[str] = [
     "ConflictResolver",
     "ConstantBackoff",
     "ExponentialBackoff",
+    "FaultyTransport",
     "FieldMerge",
     "HybridLogicalClock",
     "LastWriteWins",
@@ -36,6 +38,7 @@ __all__: list[str] = [
     "SyncQueue",
     "SystemClock",
     "TcpProbe",
+    "Transport",
     "VirtualClock",
     "flush_logs",
     "set_log_level",
@@ -68,8 +71,16 @@ class VirtualClock(Clock):
     waits, retries, probes) wakes as soon as virtual time passes its deadline, so a test
     runs hours of retries in milliseconds, deterministically.
     """
-    def __init__(self, start: float = 0.0) -> None: ...
+    def __init__(self, start: float = 0.0, auto_advance: bool = False) -> None: ...
     def __repr__(self) -> str: ...
+    @property
+    def auto_advance(self) -> bool:
+        """
+        When True, a wait on this clock with a deadline moves time to the deadline at
+        once instead of blocking: for one thread that drives everything (Simulation).
+        """
+    @auto_advance.setter
+    def auto_advance(self, on: bool) -> None: ...
     def advance(self, seconds: float) -> None:
         """
         Move time forward by `seconds` (finite, >= 0) and wake whatever waits on it.
@@ -634,6 +645,11 @@ class SyncQueue:
         """
         Lease up to n deliverable operations (marks them in flight). The first consumer call makes this handle the queue's consumer (QueueLockedError if another is).
         """
+    def next_ready_at(self) -> float | None:
+        """
+        Clock time at which the earliest pending operation becomes deliverable (now or
+        earlier if one is ready), or None when nothing is pending.
+        """
     def wait(self, timeout: float | None = None) -> bool:
         """
         Block (GIL released) until an op is deliverable or `timeout` seconds pass on the queue's clock. Wakes on enqueues, also from other processes. True if one is ready.
@@ -868,6 +884,89 @@ class ProcessingSummary:
     @property
     def superseded(self) -> int:
         """Operations completed by taking the server's value (use_remote)."""
+
+class Transport:
+    """
+    Base class of transports written in C++ (such as cpcsync.testing.FaultyTransport).
+    A SyncEngine calls them without the GIL. Python transports need not derive from it.
+    """
+
+class Attempt:
+    """
+    One call of a FaultyTransport: time, op_id, key, priority, outcome, error, latency.
+    """
+    @property
+    def time(self) -> float:
+        """Clock time when the call started."""
+    @property
+    def op_id(self) -> int:
+        """The operation's id."""
+    @property
+    def key(self) -> str | None:
+        """The operation's key (None without one)."""
+    @property
+    def priority(self) -> int:
+        """The operation's priority."""
+    @property
+    def outcome(self) -> str:
+        """What the call returned, by kind."""
+    @property
+    def error(self) -> str:
+        """The failure's text; empty when delivered."""
+    @property
+    def latency(self) -> float:
+        """Seconds the call waited on the clock."""
+    def __repr__(self) -> str: ...
+
+class FaultyTransport(Transport):
+    """
+    A transport that injects scripted failures (the C++ core of
+    cpcsync.testing.FaultyTransport; use that class).
+    """
+    def __init__(
+        self,
+        inner: typing.Any = None,
+        *,
+        pattern: collections.abc.Sequence[typing.Any] | None = None,
+        failure_rate: float = 0.0,
+        seed: int | None = None,
+        latency: float = 0.0,
+        jitter: float = 0.0,
+        clock: Clock | None = None,
+        failure: typing.Any = None,
+        loop: typing.Any = None,
+    ) -> None: ...
+    def __call__(self, op: Operation) -> None:
+        """Send one operation as an engine would; a failure is raised."""
+    def fail_next(self, n: int, error: typing.Any = None) -> None:
+        """The next n calls fail with `error` (default: a transient failure)."""
+    def fail_for(self, seconds: float, error: typing.Any = None) -> None:
+        """Calls starting within the next `seconds` on the clock fail with `error`."""
+    def set_partitioned(self, on: bool) -> None:
+        """Cut (True) or restore (False) the link by hand."""
+    def add_partition(self, start: float, end: float) -> None:
+        """Schedule a partition over [start, end) on the clock."""
+    def flap(self, period: float, count: int, start: float | None = None) -> None:
+        """Down for `period`, up for `period`, `count` times, from `start` (default now)."""
+    def set_latency(self, latency: float, jitter: float = 0.0) -> None:
+        """Every call waits latency + uniform[0, jitter] seconds on the clock."""
+    def set_failure_rate(self, rate: float, error: typing.Any = None) -> None:
+        """Each call fails with `error` with probability `rate` (seeded generator)."""
+    def heal(self) -> None:
+        """Drop every scripted fault, partition and latency."""
+    @property
+    def partitioned(self) -> bool:
+        """True when a call now would be partitioned."""
+    @property
+    def history(self) -> list[Attempt]:
+        """Every call so far, in order."""
+    def clear_history(self) -> None:
+        """Forget the recorded calls."""
+    def close(self) -> None:
+        """End every wait on the clock now and later (for shutdown)."""
+    @property
+    def clock(self) -> Clock:
+        """The transport's clock."""
 
 class SyncEngine:
     """

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -12,8 +13,7 @@ from typing import TYPE_CHECKING, Any
 from cpcsync import errors
 
 if TYPE_CHECKING:
-    from cpcsync._core import NetworkMonitor
-    from cpcsync.testing.faulty import FaultyTransport
+    from cpcsync._core import FaultyTransport, NetworkMonitor
     from cpcsync.testing.proxy import FaultProxy
     from cpcsync.testing.server import SyncServer
     from cpcsync.testing.simulation import Simulation
@@ -190,7 +190,7 @@ class Scenario:
         apply = _virtual_applier(sim.transport, sim.monitor)
         t0 = sim.now
         for step in self.steps:
-            sim.at(t0 + step.time, lambda step=step: apply(step))
+            sim.at(t0 + step.time, functools.partial(apply, step))
 
     def play(
         self,
