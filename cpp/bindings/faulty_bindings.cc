@@ -130,6 +130,12 @@ cpcsync.testing.FaultyTransport; use that class).)doc")
                              "True when a call now would be partitioned.")
       .def_property_readonly("history", &FaultyTransport::History,
                              "Every call so far, in order: a list of Attempt.")
+      .def_property_readonly("calls", &FaultyTransport::Calls,
+                             "Calls started so far (history records them when they end).")
+      .def("wait_for_calls", &FaultyTransport::WaitForCalls, py::arg("n"),
+           py::arg("timeout") = py::none(), py::call_guard<py::gil_scoped_release>(),
+           "Block (real time, GIL released) until `n` calls have started; False on timeout. "
+           "For tests of threaded engines: know a call is under way before moving the clock.")
       .def("clear_history", &FaultyTransport::ClearHistory, "Forget the recorded calls.")
       .def("close", &FaultyTransport::Close, py::call_guard<py::gil_scoped_release>(),
            "End every wait on the clock now and later (for shutdown).")

@@ -161,9 +161,7 @@ std::optional<Fault> FaultyTransport::Decide(double t) {
   return std::nullopt;
 }
 
-void FaultyTransport::WaitFor(double seconds) {
-  if (seconds <= 0) return;
-  const double deadline = clock_->Now() + seconds;
+void FaultyTransport::WaitUntil(double deadline) {
   for (;;) {
     const uint64_t seen = waiter_->Generation();
     if (waiter_->closed() || !waiter_->WaitUntil(seen, deadline)) return;
@@ -191,6 +189,8 @@ std::vector<DeliveryResult> FaultyTransport::SendBatch(const std::vector<Operati
   double latency = 0;
   {
     std::lock_guard lock(mu_);
+    calls_ += 1;
+    calls_cv_.notify_all();
     partitioned = PartitionedAt(start);
     if (!partitioned) {
       latency = options_.latency + (options_.jitter > 0 ? Unit(rng_) * options_.jitter : 0.0);
@@ -203,7 +203,7 @@ std::vector<DeliveryResult> FaultyTransport::SendBatch(const std::vector<Operati
     }
     return out;
   }
-  WaitFor(latency);
+  WaitUntil(start + latency);
 
   std::vector<std::optional<Fault>> faults;
   double fault_delay = 0;
@@ -214,7 +214,7 @@ std::vector<DeliveryResult> FaultyTransport::SendBatch(const std::vector<Operati
       if (faults.back()) fault_delay = std::max(fault_delay, faults.back()->delay);
     }
   }
-  WaitFor(fault_delay);
+  if (fault_delay > 0) WaitUntil(start + latency + fault_delay);
 
   std::vector<Operation> pass;
   std::vector<size_t> pass_index;
@@ -325,6 +325,22 @@ void FaultyTransport::Heal() {
 std::vector<Attempt> FaultyTransport::History() const {
   std::lock_guard lock(mu_);
   return history_;
+}
+
+uint64_t FaultyTransport::Calls() const {
+  std::lock_guard lock(mu_);
+  return calls_;
+}
+
+bool FaultyTransport::WaitForCalls(uint64_t n, std::optional<double> timeout) {
+  std::unique_lock lock(mu_);
+  auto done = [&] { return calls_ >= n; };
+  if (!timeout) {
+    calls_cv_.wait(lock, done);
+    return true;
+  }
+  if (!std::isfinite(*timeout) || *timeout < 0) ThrowInvalid("timeout must be finite and >= 0");
+  return calls_cv_.wait_for(lock, std::chrono::duration<double>(*timeout), done);
 }
 
 void FaultyTransport::ClearHistory() {

@@ -960,6 +960,11 @@ class FaultyTransport(Transport):
     @property
     def history(self) -> list[Attempt]:
         """Every call so far, in order."""
+    @property
+    def calls(self) -> int:
+        """Calls started so far (history records them when they end)."""
+    def wait_for_calls(self, n: int, timeout: float | None = None) -> bool:
+        """Block (real time, GIL released) until `n` calls have started; False on timeout."""
     def clear_history(self) -> None:
         """Forget the recorded calls."""
     def close(self) -> None:

@@ -21,6 +21,7 @@
 // while waiting or calling the inner transport.
 #pragma once
 
+#include <condition_variable>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -112,6 +113,10 @@ class FaultyTransport final : public Transport {
   // True when a call now would be partitioned.
   bool Partitioned() const;
   std::vector<Attempt> History() const;
+  // Calls started so far (a call counts once its start time is read).
+  uint64_t Calls() const;
+  // Blocks (real time) until Calls() >= n; false after `timeout` seconds.
+  bool WaitForCalls(uint64_t n, std::optional<double> timeout);
   void ClearHistory();
   // Ends every wait in progress and later ones at once (for shutdown).
   void Close();
@@ -126,7 +131,8 @@ class FaultyTransport final : public Transport {
   // advancing the pattern. Caller holds mu_.
   std::optional<Fault> Decide(double t);
   bool PartitionedAt(double t) const;  // caller holds mu_
-  void WaitFor(double seconds);
+  // Waits on the clock until `deadline` (or Close()).
+  void WaitUntil(double deadline);
   DeliveryResult Finish(const Operation& op, double start, double waited,
                         const std::optional<Fault>& fault);
   void Record(const Operation& op, double start, double waited, const DeliveryResult& r);
@@ -143,6 +149,8 @@ class FaultyTransport final : public Transport {
   std::vector<std::pair<double, double>> partitions_;
   bool partitioned_ = false;
   std::vector<Attempt> history_;
+  uint64_t calls_ = 0;
+  std::condition_variable calls_cv_;
 };
 
 // The outcome name History() uses for a result kind.
