@@ -98,7 +98,8 @@ class Simulation:
         return len(self._events)
 
     def run_until_idle(self, limit: float | None = None) -> bool:
-        """Run until the queue is empty (nothing pending or in flight).
+        """Run until the queue is empty (nothing pending or in flight), even if scheduled
+        actions remain (run them with :meth:`run_for` / :meth:`run_until`).
 
         ``limit``: at most this many seconds of virtual time. Returns True when the
         queue emptied; False when the limit came first, or when nothing else can happen
