@@ -32,7 +32,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q "scikit-build-core>=0.10" "pybind11>=2.12" \
-  "pytest>=8" "hypothesis>=6.100" "ruff>=0.6" "mypy>=1.10" ${CPCSYNC_EXTRA_PIP:-}
+  "pytest>=8" "hypothesis>=6.100" "ruff>=0.6" "mypy>=1.10" \
+  "matplotlib>=3.5" "prometheus_client>=0.17" "rich>=13" ${CPCSYNC_EXTRA_PIP:-}
 
 # One CMake build (build/py) makes the module and the C++ tests; ctest runs there.
 # It also installs the runtime dependencies from pyproject (urllib3, for HttpTransport).
