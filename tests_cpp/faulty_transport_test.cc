@@ -160,6 +160,7 @@ TEST(FaultyTransport, LatencyWaitsOnTheVirtualClockUntilAdvanced) {
   o.latency = 2.0;
   auto t = std::make_shared<FaultyTransport>(nullptr, o, clock);
   auto done = std::async(std::launch::async, [&] { return t->Send(Op(1)).kind; });
+  ASSERT_TRUE(t->WaitForCalls(1, 30.0));  // the call read its start time (t=0)
   clock->Advance(1.0);
   EXPECT_EQ(done.wait_for(std::chrono::milliseconds(50)), std::future_status::timeout);
   clock->Advance(1.0);
