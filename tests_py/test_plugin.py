@@ -315,3 +315,51 @@ def test_teardown_stops_a_started_engine_and_the_next_test_runs(strict: pytest.P
     strict.makepyfile(test_teardown=TEARDOWN_TESTS)
     result = strict.runpytest_subprocess("-v", timeout=120)
     result.assert_outcomes(passed=3)
+
+
+BLOCKED_TESTS = """
+import threading
+
+import pytest
+
+from cpcsync.testing import FaultyTransport
+
+ENTERED = threading.Event()
+NEVER = threading.Event()  # the test would have set it; it failed first
+
+
+class TestBlocked:
+    @pytest.fixture
+    def faulty_transport(self, virtual_clock):
+        def blocking(op):
+            ENTERED.set()
+            NEVER.wait()
+
+        ft = FaultyTransport(inner=blocking, seed=0, clock=virtual_clock)
+        yield ft
+        ft.close()
+
+    def test_fails_while_its_transport_is_blocked(self, sync_engine, sync_queue):
+        sync_engine.start()
+        sync_queue.enqueue("set", {"n": 1}, key="a")
+        assert ENTERED.wait(30)
+        assert False, "failing before the transport is released"
+
+
+def test_next_test_runs(sync_queue, simulation):
+    sync_queue.enqueue("set", {"n": 2}, key="a")
+    assert simulation.run_until_idle()
+"""
+
+
+def test_teardown_does_not_hang_when_a_failed_test_left_its_transport_blocked(
+    strict: pytest.Pytester,
+) -> None:
+    """A test that started the engine fails while a worker is inside a transport call
+    that only the test would have released (a threading.Event it never sets). The
+    session must go on: that test reported as failed, the next test run, the
+    session over, instead of pytest hanging in the engine's teardown."""
+    strict.makepyfile(test_blocked=BLOCKED_TESTS)
+    result = strict.runpytest_subprocess("-v", timeout=15)
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("failed") == 1 and outcomes.get("passed") == 1, result.outlines
