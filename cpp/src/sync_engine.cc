@@ -302,12 +302,15 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
     try {
       Apply(ops[i], results[i], summary);
     } catch (const std::exception& e) {
-      // The queue refused (closed, storage failure) or the resolver threw: the op
-      // stays leased and is redelivered after a restart; never lose the worker.
+      // The queue refused (closed, storage failure) or the resolver threw: put the
+      // op back; if even that cannot be written, it stays leased and is put back
+      // once storage accepts writes again (ReleaseLeftovers); never lose the worker.
       Log().error("sync engine: op {}: {}", ops[i].id, e.what());
       try {
         queue_->Retry(ops[i].id, 0.0, std::string("engine: ") + e.what());
       } catch (const std::exception&) {
+        std::lock_guard lock(mu_);
+        leftovers_.push_back(ops[i].id);
       }
     }
   }
@@ -317,6 +320,33 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
   }
   idle_->Notify();
   return summary;
+}
+
+bool SyncEngine::ReleaseLeftovers() {
+  std::vector<int64_t> ids;
+  {
+    std::lock_guard lock(mu_);
+    if (leftovers_.empty()) return true;
+    ids.swap(leftovers_);
+  }
+  std::vector<int64_t> keep;
+  for (int64_t id : ids) {
+    try {
+      queue_->Retry(id, 0.0, "engine: its outcome could not be recorded; sending it again");
+    } catch (const SyncError& e) {
+      // Storage still failing: try again later. Anything else (closed, no longer in
+      // flight): nothing left to release.
+      const ErrorCode c = e.code();
+      if (c == ErrorCode::kStorage || c == ErrorCode::kSqlite || c == ErrorCode::kOs) {
+        keep.push_back(id);
+      }
+    } catch (const std::exception&) {
+      keep.push_back(id);
+    }
+  }
+  std::lock_guard lock(mu_);
+  leftovers_.insert(leftovers_.end(), keep.begin(), keep.end());
+  return leftovers_.empty();
 }
 
 SyncEngine::BusyScope::BusyScope(SyncEngine& e) : e_(e) {
@@ -335,6 +365,7 @@ SyncEngine::BusyScope::~BusyScope() {
 ProcessingSummary SyncEngine::ProcessOnce() {
   if (!Connected()) return {};
   BusyScope busy(*this);
+  ReleaseLeftovers();
   const size_t n = static_cast<size_t>(options_.concurrency) * options_.batch_size;
   std::vector<Operation> ops = queue_->Take(n);
   ProcessingSummary summary;
@@ -357,7 +388,8 @@ ProcessingSummary SyncEngine::Drain(std::optional<double> timeout) {
       waiter->WaitUntil(seen, deadline);  // a monitor transition notifies this waiter
       continue;
     }
-    const auto next = queue_->NextReadyAt();
+    auto next = queue_->NextReadyAt();
+    if (!ReleaseLeftovers()) next = std::min(next.value_or(kForever), clock_->Now() + 1.0);
     if (next && *next <= clock_->Now()) continue;
     waiter->WaitUntil(seen, std::min(deadline, next.value_or(kForever)));
   }
@@ -379,6 +411,7 @@ void SyncEngine::WorkerLoop() {
     // Busy from before the take until the results are applied, so WaitIdle never
     // sees the gap between a lease and its delivery as idle.
     std::optional<BusyScope> busy(std::in_place, *this);
+    const bool stuck = !ReleaseLeftovers();  // storage still refusing writes
     std::vector<Operation> ops;
     try {
       ops = queue_->Take(static_cast<size_t>(options_.batch_size));
@@ -397,6 +430,7 @@ void SyncEngine::WorkerLoop() {
         return;
       }
       busy.reset();  // notifies idle waiters
+      if (stuck) next = std::min(next.value_or(kForever), clock_->Now() + 1.0);
       if (next && *next <= clock_->Now()) continue;
       waiter->WaitUntil(seen, next.value_or(kForever));
       continue;

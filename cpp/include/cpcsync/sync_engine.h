@@ -136,6 +136,9 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   std::shared_ptr<BackoffStrategy> BackoffFor(int64_t id);
   void Forget(int64_t id);
   void Emit(EngineEvent event);
+  // Puts back (pending, due now) the ops whose outcome could not be written (a
+  // storage failure left them leased to us); true when none is left over.
+  bool ReleaseLeftovers();
 
   // Listeners live apart from the engine, so the monitor observer (which may still
   // run while the engine is destroyed) holds them, not the engine.
@@ -164,6 +167,7 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   bool stopping_ = false;
   size_t latency_next_ = 0;
   int busy_ = 0;  // rounds between a take and the end of their delivery
+  std::vector<int64_t> leftovers_;  // leased ops whose outcome could not be written
 };
 
 }  // namespace cpcsync
