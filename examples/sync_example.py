@@ -18,9 +18,11 @@ from cpcsync.testing import SyncServer
 
 def main() -> None:
     folder = Path(tempfile.mkdtemp(prefix="cpcsync-example-"))
-    with SyncServer() as server, cs.HttpTransport(server.url) as transport, cs.SyncQueue.open(
-        folder / "outbox.db", durability="normal"
-    ) as queue:
+    with (
+        SyncServer() as server,
+        cs.HttpTransport(server.url) as transport,
+        cs.SyncQueue.open(folder / "outbox.db", durability="normal") as queue,
+    ):
         monitor = cs.NetworkMonitor(connected=False)  # we start offline
         engine = cs.SyncEngine(queue, transport, monitor=monitor)
 

@@ -1,5 +1,6 @@
 #include "cpcsync/clock.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 
@@ -99,6 +100,14 @@ void Waiter::Close() {
 bool Waiter::closed() const {
   std::lock_guard lock(mu_);
   return closed_;
+}
+
+bool Waiter::WaitForReal(uint64_t seen, double seconds) {
+  std::unique_lock lock(mu_);
+  const auto until = std::chrono::steady_clock::now() +
+                     std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                         std::chrono::duration<double>(std::clamp(seconds, 0.0, 1e9)));
+  return cv_.wait_until(lock, until, [&] { return generation_ != seen || closed_; });
 }
 
 bool Waiter::WaitUntil(uint64_t seen, double deadline) {

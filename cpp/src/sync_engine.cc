@@ -473,7 +473,10 @@ bool SyncEngine::WaitIdle(std::optional<double> timeout) {
 }
 
 bool SyncEngine::Stop(bool drain, std::optional<double> timeout) {
-  const double deadline = DeadlineAfter(*clock_, timeout);
+  if (timeout && (std::isnan(*timeout) || *timeout < 0)) ThrowInvalid("timeout must be >= 0");
+  // The join below is bounded in real time: stop(timeout) bounds how long the caller
+  // blocks, even on a VirtualClock that nobody advances.
+  const auto start = std::chrono::steady_clock::now();
   if (drain) WaitIdle(timeout);
   std::vector<std::thread> workers;
   {
@@ -486,31 +489,26 @@ bool SyncEngine::Stop(bool drain, std::optional<double> timeout) {
     std::lock_guard lock(mu_);
     workers.swap(workers_);
   }
+  auto busy = [&] {
+    std::lock_guard lock(mu_);
+    return stats_.in_flight > 0;
+  };
   // Joining cannot time out; a worker inside a hung transport call is waited for
   // only until the deadline, then detached (it exits after its call returns).
   bool all = true;
   for (auto& t : workers) {
-    if (deadline == kForever) {
+    if (!timeout) {
       t.join();
       continue;
     }
-    // Poll-free bounded join: wait for the worker's in-flight count to drop.
-    while (true) {
+    while (busy()) {
       const uint64_t seen = idle_->Generation();
-      bool busy;
-      {
-        std::lock_guard lock(mu_);
-        busy = stats_.in_flight > 0;
-      }
-      if (!busy || clock_->Now() >= deadline) break;
-      idle_->WaitUntil(seen, deadline);
+      const double left =
+          *timeout - std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (left <= 0 || !busy()) break;
+      idle_->WaitForReal(seen, left);
     }
-    bool busy;
-    {
-      std::lock_guard lock(mu_);
-      busy = stats_.in_flight > 0;
-    }
-    if (busy) {
+    if (busy()) {
       t.detach();
       all = false;
     } else {

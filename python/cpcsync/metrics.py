@@ -62,29 +62,37 @@ class EngineCollector(Collector):
             c = CounterMetricFamily(f"{p}_{key}", doc, labels=labels)
             c.add_metric([self._name], float(s[key]))
             yield c
-        for key, doc in (("in_flight", "Operations being delivered now."),
-                         ("pending", "Operations waiting to be delivered.")):
+        for key, doc in (
+            ("in_flight", "Operations being delivered now."),
+            ("pending", "Operations waiting to be delivered."),
+        ):
             g = GaugeMetricFamily(f"{p}_{key}", doc, labels=labels)
             g.add_metric([self._name], float(s[key]))
             yield g
-        g = GaugeMetricFamily(f"{p}_pending_by_priority", "Pending operations per priority.",
-                              labels=[*labels, "priority"])
+        g = GaugeMetricFamily(
+            f"{p}_pending_by_priority",
+            "Pending operations per priority.",
+            labels=[*labels, "priority"],
+        )
         for prio, n in sorted(s["depth_by_priority"].items()):
             g.add_metric([self._name, str(prio)], float(n))
         yield g
         age = s["oldest_pending_age"]
-        g = GaugeMetricFamily(f"{p}_oldest_pending_age_seconds",
-                              "Age of the oldest pending operation (0 when none).",
-                              labels=labels)
+        g = GaugeMetricFamily(
+            f"{p}_oldest_pending_age_seconds",
+            "Age of the oldest pending operation (0 when none).",
+            labels=labels,
+        )
         g.add_metric([self._name], float(age or 0.0))
         yield g
-        g = GaugeMetricFamily(f"{p}_delivery_latency_seconds",
-                              "Delivery latency of recent operations (created -> acked).",
-                              labels=[*labels, "quantile"])
+        g = GaugeMetricFamily(
+            f"{p}_delivery_latency_seconds",
+            "Delivery latency of recent operations (created -> acked).",
+            labels=[*labels, "quantile"],
+        )
         for q, key in (("0.5", "p50"), ("0.9", "p90"), ("0.99", "p99")):
             g.add_metric([self._name, q], float(s["latency"][key]))
         yield g
-        g = GaugeMetricFamily(f"{p}_running", "1 while the engine's workers run.",
-                              labels=labels)
+        g = GaugeMetricFamily(f"{p}_running", "1 while the engine's workers run.", labels=labels)
         g.add_metric([self._name], 1.0 if s["running"] else 0.0)
         yield g

@@ -103,7 +103,9 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   // Stops the workers. drain=true first waits (up to timeout) until idle. Ops in
   // flight finish (their results are applied); a worker stuck in the transport past
   // `timeout` is left to finish on its own and its op is made ready again when the
-  // queue is next opened. Returns whether every worker stopped in time.
+  // queue is next opened. Returns whether every worker stopped in time. The wait for
+  // workers is bounded in real seconds whatever the clock (the drain part, like
+  // WaitIdle, runs on the engine's clock).
   bool Stop(bool drain = false, std::optional<double> timeout = std::nullopt);
   // Idle: nothing in flight, and nothing deliverable now (or disconnected).
   bool WaitIdle(std::optional<double> timeout);

@@ -37,6 +37,10 @@ class Waiter : public std::enable_shared_from_this<Waiter> {
   // Blocks until Generation() != seen, or clock->Now() >= deadline, or Close().
   // Returns true when woken by Notify/Close, false when the deadline passed.
   bool WaitUntil(uint64_t seen, double deadline);
+  // Like WaitUntil, but bounded by `seconds` of real (steady) time whatever the
+  // clock: for callers that must not block longer than they said, even on a
+  // VirtualClock nobody advances (SyncEngine::Stop's timeout).
+  bool WaitForReal(uint64_t seen, double seconds);
   // Permanently wakes all sleepers; later waits return at once.
   void Close();
   bool closed() const;

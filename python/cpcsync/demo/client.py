@@ -91,7 +91,7 @@ class VersionedTransport:
         if base is None and op.key is not None:
             with self._lock:
                 base = self._versions.get(op.key, 0)
-        sent: OperationLike = _Versioned(op, base)  # type: ignore[assignment]
+        sent: OperationLike = _Versioned(op, base)
         self._http.send(sent)
         if op.key is not None:
             with self._lock:

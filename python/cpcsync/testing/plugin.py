@@ -15,6 +15,7 @@ Real level: ``sync_server`` (a reset session server) -> ``fault_proxy``.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -28,6 +29,10 @@ from cpcsync.testing.simulation import Simulation
 
 if TYPE_CHECKING:
     from cpcsync.testing.proxy import FaultProxy
+
+
+#: Real seconds the ``sync_engine`` teardown waits for workers to leave the transport.
+ENGINE_STOP_TIMEOUT = 5.0
 
 
 @pytest.fixture
@@ -121,7 +126,15 @@ def sync_engine(
     )
     yield e
     faulty_transport.close()  # frees a worker waiting on transport latency
-    e.stop()
+    # Bounded in real time, even on the virtual clock: a worker stuck in user code
+    # (a transport the failed test never released) must not hang the session.
+    if not e.stop(timeout=ENGINE_STOP_TIMEOUT):
+        warnings.warn(
+            f"cpcsync: sync_engine teardown left a worker inside its transport after "
+            f"{ENGINE_STOP_TIMEOUT:g} s (it finishes on its own)",
+            RuntimeWarning,
+            stacklevel=1,
+        )
 
 
 @pytest.fixture
