@@ -77,8 +77,8 @@ def judge(
     back_online_at: float | None,
 ) -> Verdict:
     """Compare the client's ledger with what the server applied."""
-    intents = {r["idempotency_key"] for r in _read_jsonl(workdir / "ledger.jsonl")}
-    superseded = {r["idempotency_key"] for r in _read_jsonl(workdir / "superseded.jsonl")}
+    intents = {str(r["idempotency_key"]) for r in _read_jsonl(workdir / "ledger.jsonl")}
+    superseded = {str(r["idempotency_key"]) for r in _read_jsonl(workdir / "superseded.jsonl")}
     counts = Counter(
         b.get("idempotency_key")
         for b in server_log
