@@ -80,7 +80,7 @@ def judge(
     intents = {str(r["idempotency_key"]) for r in _read_jsonl(workdir / "ledger.jsonl")}
     superseded = {str(r["idempotency_key"]) for r in _read_jsonl(workdir / "superseded.jsonl")}
     counts = Counter(
-        b.get("idempotency_key")
+        str(b["idempotency_key"])
         for b in server_log
         if str(b.get("idempotency_key", "")).startswith("demo-")
     )
