@@ -23,6 +23,7 @@ void InitBackoff(py::module_& m);
 void InitConflict(py::module_& m);
 void InitMonitor(py::module_& m);
 void InitEngine(py::module_& m);
+void InitProxy(py::module_& m);
 
 // Payloads: bytes-like as is, str as UTF-8, anything else as compact JSON.
 std::string PayloadBytes(py::handle obj);

@@ -13,4 +13,5 @@ PYBIND11_MODULE(_core, m) {
   b::InitConflict(m);
   b::InitMonitor(m);
   b::InitEngine(m);
+  b::InitProxy(m);
 }
