@@ -27,6 +27,7 @@ void InitMonitor(py::module_& m);
 void InitEngine(py::module_& m);
 void InitTransport(py::module_& m);
 void InitFaulty(py::module_& m);
+void InitProxy(py::module_& m);
 
 // Payloads: bytes-like as is, str as UTF-8, anything else as compact JSON.
 std::string PayloadBytes(py::handle obj);

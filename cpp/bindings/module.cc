@@ -15,4 +15,5 @@ PYBIND11_MODULE(_core, m) {
   b::InitTransport(m);
   b::InitEngine(m);
   b::InitFaulty(m);
+  b::InitProxy(m);
 }

@@ -815,6 +815,65 @@ class NetworkMonitor:
         True between start() and stop().
         """
 
+class _FaultProxy:
+    """
+    The C++ TCP proxy behind cpcsync.testing.FaultProxy (use that class instead).
+    """
+    def __init__(
+        self,
+        upstream_host: str,
+        upstream_port: int,
+        listen_host: str,
+        listen_port: int,
+        seed: int | None,
+    ) -> None: ...
+    def start(self) -> None:
+        """Bind the listener and start the I/O thread (GIL released)."""
+    def stop(self) -> None:
+        """Close everything and join the I/O thread (GIL released). Idempotent."""
+    def disable(self) -> None:
+        """Stop listening and reset every open connection (GIL released)."""
+    def enable(self) -> None:
+        """Listen again on the same port (GIL released)."""
+    def add_toxic(
+        self,
+        type: str,
+        stream: str,
+        toxicity: float,
+        name: str | None,
+        attributes: dict[str, int],
+    ) -> str:
+        """Add a toxic (GIL released while it takes effect); its name."""
+    def update_toxic(self, name: str, attributes: dict[str, int], toxicity: float | None) -> None:
+        """Change a toxic's attributes and/or toxicity (GIL released)."""
+    def remove_toxic(self, name: str) -> None:
+        """Remove a toxic (GIL released while that takes effect)."""
+    def toxics(self) -> list[dict[str, typing.Any]]:
+        """The toxics in the order added, as dicts."""
+    def stats(self) -> dict[str, int]:
+        """Counters: connections, active, bytes_upstream, bytes_downstream, upstream_failures."""
+    @property
+    def running(self) -> bool:
+        """True between start() and stop()."""
+    @property
+    def enabled(self) -> bool:
+        """False after disable()."""
+    @property
+    def listen_host(self) -> str:
+        """The listening host."""
+    @property
+    def port(self) -> int:
+        """The listening port (0 before start())."""
+    @property
+    def upstream_host(self) -> str:
+        """The upstream host."""
+    @property
+    def upstream_port(self) -> int:
+        """The upstream port."""
+    @property
+    def seed(self) -> int:
+        """The seed of the proxy's random draws."""
+
 def _log(level: str, text: str) -> None:
     """
     Log a message through the C++ logger (tests).

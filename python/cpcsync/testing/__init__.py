@@ -15,15 +15,11 @@ Guide: docs/testing-with-faults.md.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from cpcsync.testing.faulty import Attempt, FaultyTransport
+from cpcsync.testing.proxy import FaultProxy
 from cpcsync.testing.scenario import Scenario, ScenarioPlayer, Step
 from cpcsync.testing.server import SyncServer
 from cpcsync.testing.simulation import Simulation, SimulationStuck
-
-if TYPE_CHECKING:
-    from cpcsync.testing.proxy import FaultProxy
 
 __all__ = [
     "Attempt",
@@ -37,11 +33,3 @@ __all__ = [
     "SyncServer",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # FaultProxy lives in C++ with its own I/O thread machinery: import it on first use.
-    if name == "FaultProxy":
-        from cpcsync.testing.proxy import FaultProxy
-
-        return FaultProxy
-    raise AttributeError(f"module 'cpcsync.testing' has no attribute {name!r}")

@@ -18,17 +18,15 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
 import cpcsync as cs
 from cpcsync.testing.faulty import FaultyTransport
+from cpcsync.testing.proxy import FaultProxy
 from cpcsync.testing.server import SyncServer
 from cpcsync.testing.simulation import Simulation
-
-if TYPE_CHECKING:
-    from cpcsync.testing.proxy import FaultProxy
 
 
 #: Real seconds the ``sync_engine`` teardown waits for workers to leave the transport.
@@ -173,8 +171,6 @@ def fault_proxy(sync_server: SyncServer) -> Iterator[FaultProxy]:
     Default: a started proxy on 127.0.0.1 (ephemeral port) in front of ``sync_server``,
     no toxics; stopped after the test. Point an HttpTransport at
     ``f"http://{host}:{port}/ops"`` from ``fault_proxy.address``."""
-    from cpcsync.testing.proxy import FaultProxy  # imports the proxy only when used
-
     proxy = FaultProxy(upstream=("127.0.0.1", sync_server.port)).start()
     yield proxy
     proxy.stop()

@@ -1,0 +1,375 @@
+#include "proxy/link.h"
+
+#include <algorithm>
+#include <array>
+#include <span>
+
+#include "cpcsync/log.h"
+
+namespace cpcsync::proxy {
+namespace {
+
+constexpr size_t kPipeCap = 16 * BufferPool::kSize;  // bytes queued per direction before
+                                                     // the pipe stops reading
+constexpr size_t kGather = 16;                       // chunks per gathering write
+
+std::chrono::nanoseconds Ms(int64_t ms) { return std::chrono::milliseconds(ms); }
+
+}  // namespace
+
+std::unique_ptr<char[]> BufferPool::Take() {
+  if (free_.empty()) return std::make_unique_for_overwrite<char[]>(kSize);
+  std::unique_ptr<char[]> b = std::move(free_.back());
+  free_.pop_back();
+  return b;
+}
+
+void BufferPool::Give(std::unique_ptr<char[]> buffer) {
+  if (buffer && free_.size() < kMaxFree) free_.push_back(std::move(buffer));
+}
+
+// ---------------------------------------------------------------------------- Pipe
+
+Pipe::Pipe(Connection& connection, tcp::socket& source, tcp::socket& sink, ToxicStream stream)
+    : connection_(connection),
+      source_(source),
+      sink_(sink),
+      stream_(stream),
+      timer_(source.get_executor()),
+      rng_(Mix(Mix(connection.hub().seed, connection.id()), 2 + static_cast<int>(stream))) {}
+
+void Pipe::Sync(const ToxicSnapshot& snapshot, SteadyTime now) {
+  const Hub& hub = connection_.hub();
+  std::vector<State> next;
+  for (const Toxic& t : *snapshot) {
+    if (t.spec.stream != stream_) continue;
+    State s{&t, Applies(hub.seed, connection_.id(), t), now, 0, std::nullopt};
+    for (const State& old : states_) {
+      if (old.toxic->serial == t.serial) {
+        s.start = old.start;
+        s.bytes = old.bytes;
+        s.reset_at = old.reset_at;
+      }
+    }
+    next.push_back(s);
+  }
+  snapshot_ = snapshot;  // keeps the toxics `next` points to alive
+  states_ = std::move(next);
+}
+
+bool Pipe::MakePlan(SteadyTime now, Plan& plan) {
+  bool slicer = false, rate = false;
+  for (State& s : states_) {
+    if (!s.applies) continue;
+    const Toxic& t = *s.toxic;
+    switch (t.type) {
+      case ToxicType::kLatency:
+        plan.latency_ms += t.Attr("latency");
+        plan.jitter_ms += t.Attr("jitter");
+        break;
+      case ToxicType::kBandwidth:
+        if (const int64_t r = t.Attr("rate"); r > 0) {
+          plan.rate = rate ? std::min(plan.rate, r) : r;
+          rate = true;
+        }
+        break;
+      case ToxicType::kTimeout: {
+        plan.hold = true;
+        if (const int64_t ms = t.Attr("timeout"); ms > 0) {
+          const SteadyTime at = s.start + Ms(ms);
+          if (now >= at) {
+            connection_.Close(CloseMode::kGraceful, "timeout toxic");
+            return false;
+          }
+          plan.wake = std::min(plan.wake, at);
+        }
+        break;
+      }
+      case ToxicType::kResetPeer:
+        if (!s.reset_at && (!queue_.empty() || eof_)) s.reset_at = now + Ms(t.Attr("timeout"));
+        if (s.reset_at) {
+          plan.hold = true;
+          if (now >= *s.reset_at) {
+            connection_.Close(CloseMode::kReset, "reset_peer toxic");
+            return false;
+          }
+          plan.wake = std::min(plan.wake, *s.reset_at);
+        }
+        break;
+      case ToxicType::kSlowClose:
+        plan.slow_close_ms += t.Attr("delay");
+        break;
+      case ToxicType::kSlicer: {
+        const int64_t avg = t.Attr("average_size"), var = t.Attr("size_variation");
+        if (!slicer || avg - var < plan.slice_min) {
+          plan.slice_min = avg - var;
+          plan.slice_var = 2 * var;
+        }
+        plan.slice_delay_us = std::max(plan.slice_delay_us, t.Attr("delay"));
+        slicer = true;
+        break;
+      }
+      case ToxicType::kLimitData: {
+        const int64_t left = std::max<int64_t>(0, t.Attr("bytes") - static_cast<int64_t>(s.bytes));
+        plan.limit_left = plan.limit_left < 0 ? left : std::min(plan.limit_left, left);
+        break;
+      }
+    }
+  }
+  plan.shaped = slicer || rate || plan.limit_left >= 0;
+  if (!rate) rate_reserved_ = 0;
+  return true;
+}
+
+SteadyTime Pipe::ReadyAt(const Chunk& chunk, const Plan& plan) const {
+  if (plan.latency_ms == 0 && plan.jitter_ms == 0) return chunk.read_at;
+  const double offset = (2.0 * chunk.jitter_u - 1.0) * static_cast<double>(plan.jitter_ms);
+  const int64_t ms = std::max<int64_t>(0, plan.latency_ms + static_cast<int64_t>(offset));
+  return chunk.read_at + Ms(ms);
+}
+
+bool Pipe::Step(SteadyTime now, Plan& plan) {
+  if (waiting_write_ || plan.hold) return false;
+  if (queue_.empty()) {
+    if (!eof_ || shutdown_sent_) return false;
+    const SteadyTime at = eof_at_ + Ms(plan.slow_close_ms);
+    if (now < at) {
+      plan.wake = std::min(plan.wake, at);
+      return false;
+    }
+    asio::error_code ignored;
+    sink_.shutdown(tcp::socket::shutdown_send, ignored);
+    shutdown_sent_ = true;
+    connection_.PipeFinished();
+    return false;
+  }
+  SteadyTime ready = std::max(ReadyAt(queue_.front(), plan), slice_gate_);
+  if (plan.rate > 0 && rate_reserved_ > 0) ready = std::max(ready, rate_gate_);
+  if (now < ready) {
+    plan.wake = std::min(plan.wake, ready);
+    return false;
+  }
+  size_t limit = SIZE_MAX;
+  if (plan.limit_left == 0) {
+    connection_.Close(CloseMode::kGraceful, "limit_data toxic");
+    return false;
+  }
+  if (plan.limit_left > 0) limit = static_cast<size_t>(plan.limit_left);
+  if (plan.slice_min > 0) {
+    std::uniform_int_distribution<int64_t> size(0, plan.slice_var);
+    limit = std::min(limit, static_cast<size_t>(std::max<int64_t>(1, plan.slice_min + size(rng_))));
+  }
+  if (plan.rate > 0) {
+    if (rate_reserved_ == 0) {
+      // Pay for the next piece (at most 100 ms worth) before sending it.
+      const size_t piece = std::min<size_t>(
+          {limit, queue_.front().end - queue_.front().begin, static_cast<size_t>(plan.rate) * 100});
+      rate_reserved_ = piece;
+      rate_gate_ = std::max(rate_gate_, now) +
+                   std::chrono::nanoseconds(static_cast<int64_t>(piece) * 1'000'000 / plan.rate);
+      plan.wake = std::min(plan.wake, rate_gate_);
+      if (now < rate_gate_) return false;
+    }
+    limit = std::min(limit, rate_reserved_);
+  }
+  const size_t n = TryWrite(limit, !plan.shaped);
+  if (n == 0) return false;
+  Consumed(n, plan, now);
+  return !connection_.closed();
+}
+
+size_t Pipe::TryWrite(size_t limit, bool gather) {
+  std::array<asio::const_buffer, kGather> buffers;
+  size_t count = 0, total = 0;
+  for (const Chunk& c : queue_) {
+    if (count == kGather || total >= limit) break;
+    const size_t len = std::min(c.end - c.begin, limit - total);
+    buffers[count++] = asio::buffer(c.data.get() + c.begin, len);
+    total += len;
+    if (!gather) break;
+  }
+  asio::error_code ec;
+  const size_t n = sink_.write_some(std::span<const asio::const_buffer>(buffers.data(), count), ec);
+  if (ec == asio::error::would_block || ec == asio::error::try_again) {
+    waiting_write_ = true;
+    sink_.async_wait(tcp::socket::wait_write,
+                     [self = connection_.shared_from_this(), this](const asio::error_code& e) {
+                       waiting_write_ = false;
+                       if (e || self->closed()) return;
+                       Pump();
+                     });
+    return 0;
+  }
+  if (ec) {
+    Log().debug("FaultProxy connection {}: write failed: {}", connection_.id(), ec.message());
+    connection_.Close(
+        ec == asio::error::connection_reset ? CloseMode::kReset : CloseMode::kGraceful,
+        "write failed");
+    return 0;
+  }
+  return n;
+}
+
+void Pipe::Consumed(size_t n, const Plan& plan, SteadyTime now) {
+  Hub& hub = connection_.hub();
+  (stream_ == ToxicStream::kUpstream ? hub.bytes_upstream : hub.bytes_downstream)
+      .fetch_add(n, std::memory_order_relaxed);
+  queued_bytes_ -= n;
+  for (size_t left = n; left > 0;) {
+    Chunk& c = queue_.front();
+    const size_t take = std::min(left, c.end - c.begin);
+    c.begin += take;
+    left -= take;
+    if (c.begin == c.end) {
+      hub.pool.Give(std::move(c.data));
+      queue_.pop_front();
+    }
+  }
+  if (plan.rate > 0) rate_reserved_ -= std::min(rate_reserved_, n);
+  if (plan.slice_min > 0) slice_gate_ = now + std::chrono::microseconds(plan.slice_delay_us);
+  bool limit_reached = false;
+  for (State& s : states_) {
+    if (s.applies && s.toxic->type == ToxicType::kLimitData) {
+      s.bytes += n;
+      limit_reached |= s.bytes >= static_cast<uint64_t>(s.toxic->Attr("bytes"));
+    }
+  }
+  if (limit_reached) connection_.Close(CloseMode::kGraceful, "limit_data toxic");
+}
+
+void Pipe::Pump() {
+  if (connection_.closed()) return;
+  Plan plan;
+  for (;;) {
+    const SteadyTime now = SteadyClock::now();
+    plan = Plan{};
+    if (!MakePlan(now, plan)) return;
+    if (!Step(now, plan)) break;
+  }
+  if (connection_.closed()) return;
+  WaitReadable();
+  ArmTimer(plan.wake);
+}
+
+void Pipe::WaitReadable() {
+  if (waiting_read_ || eof_ || queued_bytes_ >= kPipeCap) return;
+  waiting_read_ = true;
+  source_.async_wait(tcp::socket::wait_read,
+                     [self = connection_.shared_from_this(), this](const asio::error_code& e) {
+                       waiting_read_ = false;
+                       if (e || self->closed()) return;
+                       ReadAvailable();
+                       Pump();
+                     });
+}
+
+void Pipe::ReadAvailable() {
+  Hub& hub = connection_.hub();
+  while (queued_bytes_ < kPipeCap) {
+    std::unique_ptr<char[]> buffer = hub.pool.Take();
+    asio::error_code ec;
+    const size_t n = source_.read_some(asio::buffer(buffer.get(), BufferPool::kSize), ec);
+    if (ec) {
+      hub.pool.Give(std::move(buffer));
+      if (ec == asio::error::would_block || ec == asio::error::try_again) return;
+      if (ec == asio::error::eof) {
+        eof_ = true;
+        eof_at_ = SteadyClock::now();
+        return;
+      }
+      Log().debug("FaultProxy connection {}: read failed: {}", connection_.id(), ec.message());
+      connection_.Close(
+          ec == asio::error::connection_reset ? CloseMode::kReset : CloseMode::kGraceful,
+          "read failed");
+      return;
+    }
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    queue_.push_back(Chunk{std::move(buffer), 0, n, SteadyClock::now(), unit(rng_)});
+    queued_bytes_ += n;
+    if (n < BufferPool::kSize) return;  // most likely drained: let the reactor say
+  }
+}
+
+void Pipe::ArmTimer(SteadyTime at) {
+  if (at == SteadyTime::max() || at >= timer_at_) return;
+  timer_at_ = at;
+  timer_.expires_at(at);
+  timer_.async_wait([self = connection_.shared_from_this(), this](const asio::error_code& e) {
+    if (e == asio::error::operation_aborted || self->closed()) return;
+    timer_at_ = SteadyTime::max();
+    Pump();
+  });
+}
+
+void Pipe::Cancel() {
+  timer_.cancel();
+  timer_at_ = SteadyTime::max();
+}
+
+// ---------------------------------------------------------------------------- Connection
+
+Connection::Connection(asio::io_context& io, Hub& hub, uint64_t id, tcp::socket client)
+    : hub_(hub),
+      id_(id),
+      client_(std::move(client)),
+      server_(io),
+      up_(*this, client_, server_, ToxicStream::kUpstream),
+      down_(*this, server_, client_, ToxicStream::kDownstream) {}
+
+void Connection::Start(const tcp::endpoint& upstream) {
+  server_.async_connect(upstream, [self = shared_from_this(), this](const asio::error_code& e) {
+    if (closed_) return;
+    if (e) {
+      hub_.upstream_failures.fetch_add(1, std::memory_order_relaxed);
+      Log().debug("FaultProxy connection {}: upstream connect failed: {}", id_, e.message());
+      Close(CloseMode::kGraceful, "upstream connect failed");
+      return;
+    }
+    Connected();
+  });
+}
+
+void Connection::Connected() {
+  connected_ = true;
+  asio::error_code ec;
+  for (tcp::socket* s : {&client_, &server_}) {
+    s->set_option(tcp::no_delay(true), ec);
+    s->non_blocking(true, ec);
+    if (ec) {
+      Log().warn("FaultProxy connection {}: socket setup failed: {}", id_, ec.message());
+      Close(CloseMode::kGraceful, "socket setup failed");
+      return;
+    }
+  }
+  ToxicsChanged();
+}
+
+void Connection::ToxicsChanged() {
+  if (closed_ || !connected_) return;
+  const SteadyTime now = SteadyClock::now();
+  up_.Sync(hub_.toxics, now);
+  down_.Sync(hub_.toxics, now);
+  up_.Pump();
+  down_.Pump();
+}
+
+void Connection::PipeFinished() {
+  if (up_.finished() && down_.finished()) Close(CloseMode::kGraceful, "both sides closed");
+}
+
+void Connection::Close(CloseMode mode, const char* why) {
+  if (closed_) return;
+  closed_ = true;
+  Log().debug("FaultProxy connection {}: closing ({})", id_, why);
+  asio::error_code ignored;
+  if (mode != CloseMode::kGraceful) client_.set_option(asio::socket_base::linger(true, 0), ignored);
+  if (mode == CloseMode::kReset) server_.set_option(asio::socket_base::linger(true, 0), ignored);
+  client_.close(ignored);
+  server_.close(ignored);
+  up_.Cancel();
+  down_.Cancel();
+  hub_.active.fetch_sub(1, std::memory_order_relaxed);
+  hub_.connections.erase(id_);  // handlers still running hold their own reference
+}
+
+}  // namespace cpcsync::proxy

@@ -1,0 +1,174 @@
+// FaultProxy internals: one proxied connection (Connection) and its two directions
+// (Pipe), and what they share with the proxy (Hub). Everything here runs on the
+// proxy's I/O thread only, except the atomic counters in Hub.
+//
+// A Pipe reads from its source socket when it is readable (non-blocking reads into
+// pooled 64 KiB buffers, at most kPipeCap bytes queued), and Pump() writes the queue
+// to the sink as far as the toxics allow, with non-blocking writes (gathering several
+// chunks per write when no toxic shapes the stream). What it cannot do now it waits
+// for: the socket becoming readable or writable, or the pipe's timer (the earliest
+// moment a toxic lets something happen). Pump() recomputes everything from the
+// current state, so a spurious call is harmless; that is how toxic changes reach
+// open connections.
+#pragma once
+
+#include <asio.hpp>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <optional>
+#include <random>
+#include <unordered_map>
+#include <vector>
+
+#include "proxy/toxics.h"
+
+namespace cpcsync::proxy {
+
+using asio::ip::tcp;
+using SteadyClock = std::chrono::steady_clock;
+using SteadyTime = SteadyClock::time_point;
+
+class Connection;
+
+// Recycles the I/O buffers (one thread only).
+class BufferPool {
+ public:
+  static constexpr size_t kSize = 64 * 1024;
+  std::unique_ptr<char[]> Take();
+  void Give(std::unique_ptr<char[]> buffer);
+
+ private:
+  static constexpr size_t kMaxFree = 64;
+  std::vector<std::unique_ptr<char[]>> free_;
+};
+
+// What connections share with their proxy.
+struct Hub {
+  uint64_t seed = 0;
+  ToxicSnapshot toxics = std::make_shared<const ToxicList>();
+  BufferPool pool;
+  std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections;
+  std::atomic<uint64_t> accepted{0};
+  std::atomic<uint64_t> active{0};
+  std::atomic<uint64_t> bytes_upstream{0};
+  std::atomic<uint64_t> bytes_downstream{0};
+  std::atomic<uint64_t> upstream_failures{0};
+};
+
+enum class CloseMode {
+  kGraceful,     // close both sockets (FIN)
+  kReset,        // RST to both peers
+  kResetClient,  // RST to the client, FIN to the server (Disable)
+};
+
+class Pipe {
+ public:
+  Pipe(Connection& connection, tcp::socket& source, tcp::socket& sink, ToxicStream stream);
+  Pipe(const Pipe&) = delete;
+  Pipe& operator=(const Pipe&) = delete;
+
+  // Takes the toxics of `snapshot` that belong to this stream; keeps the state of
+  // those it already had (their start time, bytes passed, a pending reset).
+  void Sync(const ToxicSnapshot& snapshot, SteadyTime now);
+  // Moves data as far as the toxics allow now, and arranges to be called again.
+  void Pump();
+  void Cancel();
+  bool finished() const { return shutdown_sent_; }
+
+ private:
+  struct Chunk {
+    std::unique_ptr<char[]> data;
+    size_t begin = 0;
+    size_t end = 0;
+    SteadyTime read_at;
+    double jitter_u = 0.5;  // uniform in [0, 1): where in [-jitter, +jitter] the delay falls
+  };
+  struct State {
+    const Toxic* toxic = nullptr;  // points into snapshot_
+    bool applies = false;
+    SteadyTime start;                    // when the toxic took effect on this connection
+    uint64_t bytes = 0;                  // limit_data: bytes passed since `start`
+    std::optional<SteadyTime> reset_at;  // reset_peer: armed by the first data or EOF
+  };
+  // The decisions of the stream's toxics at `now`.
+  struct Plan {
+    bool hold = false;    // timeout / armed reset_peer: nothing passes
+    bool shaped = false;  // a toxic limits what one write may carry
+    SteadyTime wake = SteadyTime::max();
+    int64_t latency_ms = 0, jitter_ms = 0, rate = 0, slow_close_ms = 0;
+    int64_t slice_min = 0, slice_var = 0, slice_delay_us = 0;
+    int64_t limit_left = -1;  // limit_data: bytes that may still pass (-1: no limit)
+  };
+
+  // Fills `plan`; returns false when a toxic closed the connection.
+  bool MakePlan(SteadyTime now, Plan& plan);
+  // One step of Pump(); false when nothing more can happen now.
+  bool Step(SteadyTime now, Plan& plan);
+  void WaitReadable();
+  void ReadAvailable();
+  // Writes up to `limit` bytes from the queue; returns bytes written (0: socket full,
+  // a wait for writability is pending, or the connection closed).
+  size_t TryWrite(size_t limit, bool gather);
+  void Consumed(size_t n, const Plan& plan, SteadyTime now);
+  void ArmTimer(SteadyTime at);
+  SteadyTime ReadyAt(const Chunk& chunk, const Plan& plan) const;
+
+  Connection& connection_;
+  tcp::socket& source_;
+  tcp::socket& sink_;
+  const ToxicStream stream_;
+  asio::steady_timer timer_;
+  SteadyTime timer_at_ = SteadyTime::max();
+  std::mt19937_64 rng_;
+
+  ToxicSnapshot snapshot_;
+  std::vector<State> states_;
+
+  std::deque<Chunk> queue_;
+  size_t queued_bytes_ = 0;
+  bool waiting_read_ = false;
+  bool waiting_write_ = false;
+  bool eof_ = false;
+  bool shutdown_sent_ = false;
+  SteadyTime eof_at_;
+  SteadyTime slice_gate_;     // slicer: the next slice not before this
+  SteadyTime rate_gate_;      // bandwidth: the reserved bytes not before this
+  size_t rate_reserved_ = 0;  // bandwidth: bytes already paid for
+};
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  Connection(asio::io_context& io, Hub& hub, uint64_t id, tcp::socket client);
+  Connection(const Connection&) = delete;
+  Connection& operator=(const Connection&) = delete;
+
+  // Connects to the upstream, then starts both pipes.
+  void Start(const tcp::endpoint& upstream);
+  // The toxics changed (hub.toxics): both pipes take them and pump.
+  void ToxicsChanged();
+  // Closes both sockets (idempotent) and leaves the hub.
+  void Close(CloseMode mode, const char* why);
+  // A pipe passed its EOF on; when both have, the connection ends.
+  void PipeFinished();
+
+  bool closed() const { return closed_; }
+  uint64_t id() const { return id_; }
+  Hub& hub() { return hub_; }
+
+ private:
+  void Connected();
+
+  Hub& hub_;
+  const uint64_t id_;
+  tcp::socket client_;
+  tcp::socket server_;
+  Pipe up_;    // client -> server
+  Pipe down_;  // server -> client
+  bool connected_ = false;
+  bool closed_ = false;
+};
+
+}  // namespace cpcsync::proxy
