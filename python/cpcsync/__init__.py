@@ -46,10 +46,13 @@ from cpcsync._core import (
 from cpcsync.errors import (
     ConflictError,
     CorruptDatabaseError,
+    DualFailure,
     InvalidArgumentError,
     NetworkError,
     NetworkTimeoutError,
     NotAQueueError,
+    OfflineFailure,
+    OnlineFailure,
     OperationStateError,
     PermanentError,
     QueueClosedError,
@@ -58,10 +61,12 @@ from cpcsync.errors import (
     RetryAfter,
     SQLiteError,
     StorageError,
+    StoreClosedError,
     SyncError,
     TransientError,
 )
 from cpcsync.http import HttpTransport
+from cpcsync.store import OfflineFirstStore, RemoteStore
 
 __version__ = "0.1.0"
 
@@ -88,6 +93,7 @@ __all__ = [
     "ConflictResolver",
     "ConstantBackoff",
     "CorruptDatabaseError",
+    "DualFailure",
     "ExponentialBackoff",
     "FieldMerge",
     "HttpTransport",
@@ -99,6 +105,9 @@ __all__ = [
     "NetworkMonitor",
     "NetworkTimeoutError",
     "NotAQueueError",
+    "OfflineFailure",
+    "OfflineFirstStore",
+    "OnlineFailure",
     "Operation",
     "OperationStateError",
     "PermanentError",
@@ -109,11 +118,13 @@ __all__ = [
     "QueueFullError",
     "QueueLockedError",
     "Remote",
+    "RemoteStore",
     "Resolution",
     "RetryAfter",
     "SQLiteError",
     "ServerWins",
     "StorageError",
+    "StoreClosedError",
     "SumBackoff",
     "SyncEngine",
     "SyncError",

@@ -15,6 +15,19 @@ returning (delivered) or by raising one of:
   as transient and also tells the network monitor (``monitor.report_failure()``).
 
 Any other exception from a transport is treated as transient.
+
+:class:`~cpcsync.OfflineFirstStore` raises its own three (the seed's composite
+adapter errors), each naming the side that failed, plus :class:`StoreClosedError`:
+
+- :class:`OnlineFailure`: the remote side failed and nothing took its place (a write
+  that could be neither sent nor queued; it was undone locally).
+- :class:`OfflineFailure`: the local copy failed (the read could not be served, or a
+  write reached the remote or the queue but not the local copy).
+- :class:`DualFailure`: both sides failed; ``online_error`` and ``offline_error``
+  hold the two causes (``__cause__`` is ``online_error``, ``__context__`` is
+  ``offline_error``).
+
+docs/offline-store.md says exactly when each is raised.
 """
 
 from __future__ import annotations
@@ -25,10 +38,13 @@ from typing import Any
 __all__ = [
     "ConflictError",
     "CorruptDatabaseError",
+    "DualFailure",
     "InvalidArgumentError",
     "NetworkError",
     "NetworkTimeoutError",
     "NotAQueueError",
+    "OfflineFailure",
+    "OnlineFailure",
     "OperationStateError",
     "PermanentError",
     "QueueClosedError",
@@ -37,6 +53,7 @@ __all__ = [
     "RetryAfter",
     "SQLiteError",
     "StorageError",
+    "StoreClosedError",
     "SyncError",
     "TransientError",
 ]
@@ -169,3 +186,105 @@ class ConflictError(SyncError):
             f"conflict: remote version {self.remote_version}, "
             f"remote timestamp {self.remote_timestamp}"
         )
+
+
+# --------------------------------------------------------------------------
+# OfflineFirstStore (the seed's composite adapter)
+
+
+class _StoreFailure(SyncError):
+    """Common shape of the store's failures: a message, the key and the operation."""
+
+    key: str | None
+    operation: str | None
+
+    def __init__(self, message: str, key: str | None = None, operation: str | None = None) -> None:
+        super().__init__(message, key, operation)
+        self.key = key
+        self.operation = operation
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class OnlineFailure(_StoreFailure):
+    """An :class:`~cpcsync.OfflineFirstStore` write could reach neither the remote nor
+    the queue, so it was undone in the local copy: the call changed nothing.
+
+    Raised by ``store.set`` when the local copy took the value but the remote refused
+    it for good (:class:`PermanentError`), or the remote failed (or the store is
+    offline) and the queue refused the operation (full, closed, storage error). The
+    error that ended the attempt is ``__cause__``; the message also names the remote's
+    failure when there was one. ``key`` and ``operation`` (``"set"``) say what failed.
+    """
+
+
+class OfflineFailure(_StoreFailure):
+    """The local copy of an :class:`~cpcsync.OfflineFirstStore` failed (SQLite or
+    operating-system error, kept as ``__cause__``).
+
+    - ``store.get`` while offline (or while the key has writes not yet delivered):
+      the local copy could not be read. (A key it simply does not hold is a
+      ``KeyError``, not a failure.)
+    - ``store.set``: the local copy could not be written, **but the write is safe**:
+      it was delivered to the remote or durably queued (the message says which).
+    - ``OfflineFirstStore(...)``: the local file could not be opened or created, or it
+      is not a store file (another application's database is never modified).
+
+    ``key`` and ``operation`` (``"get"``, ``"set"`` or ``"open"``) say what failed.
+    """
+
+
+class DualFailure(SyncError):
+    """Both sides of an :class:`~cpcsync.OfflineFirstStore` call failed.
+
+    - ``store.get``: the remote failed (an exception or the timeout) and the local copy
+      could not answer (a read error, or no value for the key: ``offline_error`` is
+      then a ``KeyError``).
+    - ``store.set``: the local copy could not be written, and the write could neither
+      be delivered nor queued. Nothing was stored anywhere.
+
+    ``online_error``: the remote side's exception (the remote's own exception, a
+    :class:`NetworkTimeoutError` for a timeout, or the queue's error for a write that
+    could not be queued). ``offline_error``: the local side's exception. Both are
+    chained: ``__cause__`` is ``online_error`` and ``__context__`` is
+    ``offline_error``; the message shows both.
+    """
+
+    online_error: BaseException
+    offline_error: BaseException
+    key: str | None
+    operation: str | None
+
+    def __init__(
+        self,
+        online_error: BaseException,
+        offline_error: BaseException,
+        key: str | None = None,
+        operation: str | None = None,
+    ) -> None:
+        super().__init__(online_error, offline_error, key, operation)
+        self.online_error = online_error
+        self.offline_error = offline_error
+        self.key = key
+        self.operation = operation
+
+    def __str__(self) -> str:
+        what = f"{self.operation} {self.key!r}" if self.operation else repr(self.key)
+        return (
+            f"{what}: both sides failed: online: {_one_line(self.online_error)}; "
+            f"offline: {_one_line(self.offline_error)}"
+        )
+
+
+class StoreClosedError(SyncError):
+    """The :class:`~cpcsync.OfflineFirstStore` was closed."""
+
+
+def _one_line(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # an exception whose __str__ raises
+        text = "<unprintable>"
+    name = type(exc).__name__
+    return f"{name}: {text}" if text else name
