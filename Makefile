@@ -7,7 +7,7 @@ setup:
 	bash scripts/bootstrap.sh
 
 demo: setup
-	.venv/bin/python examples/queue_demo.py
+	.venv/bin/python -m cpcsync.demo
 
 test: setup
 	ctest --test-dir build/py --output-on-failure -j2

@@ -108,13 +108,22 @@ class VersionedTransport:
         if transitions == self._transitions_seen:
             return
         self._transitions_seen = transitions
+        # A key's effective priority is the highest among its pending ops (priority
+        # inheritance): a LOW head goes first when a CRITICAL op waits behind it.
         now = time.time()
-        ready = [o.priority for o in self._queue.peek(10_000) if o.next_attempt_at <= now]
+        lanes: dict[str, list[cs.Operation]] = {}
+        for o in self._queue.peek(100_000):
+            lanes.setdefault(o.key if o.key is not None else f"#{o.id}", []).append(o)
+        eff = {k: max(o.priority for o in v) for k, v in lanes.items()}
+        ready = [
+            eff[k] for k, v in lanes.items() if min(v, key=lambda o: o.id).next_attempt_at <= now
+        ]
+        mine = max(op.priority, eff.get(op.key, 0)) if op.key is not None else op.priority
         self._report(
             {
                 "event": "first_after_reconnect",
-                "priority": op.priority,
-                "max_ready": max(ready, default=op.priority),
+                "priority": mine,
+                "max_ready": max(ready, default=mine),
             }
         )
 

@@ -66,7 +66,7 @@ def make_plan(duration: float) -> Plan:
         scenario=scenario,
         kill_at=kill_at,
         restart_at=restart_at,
-        users_until=0.85 * d,
+        users_until=max(0.85 * d, off2[1] + 0.03 * d),
         device_b_writes=tuple(round(d * f, 2) for f in (0.08, 0.2, 0.45, 0.7)),
         phases=phases,
     )

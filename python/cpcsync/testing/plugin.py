@@ -28,7 +28,6 @@ from cpcsync.testing.proxy import FaultProxy
 from cpcsync.testing.server import SyncServer
 from cpcsync.testing.simulation import Simulation
 
-
 #: Real seconds the ``sync_engine`` teardown waits for workers to leave the transport.
 ENGINE_STOP_TIMEOUT = 5.0
 
