@@ -743,6 +743,11 @@ def test_demo_passes_its_arguments_through(
     assert seen == [["--seconds", "5", "--help"]]
 
 
+def test_demo_reaches_the_real_demo(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "demo", "--help")  # the demo's own argparse help
+    assert code == 0 and out.startswith("usage:")
+
+
 def test_demo_missing(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "cpcsync.demo", None)  # import raises ModuleNotFoundError
     code, out, err = run(capsys, "demo")
