@@ -15,7 +15,7 @@ test: setup
 
 bench: setup
 	CPCSYNC_EXTRA_PIP="persist-queue litequeue tenacity" bash scripts/bootstrap.sh
-	.venv/bin/python benchmarks/run.py
+	.venv/bin/python benchmarks/run.py $(BENCH_ARGS)
 
 lint: setup
 	.venv/bin/ruff check python tests_py benchmarks examples
@@ -23,7 +23,7 @@ lint: setup
 
 format:
 	.venv/bin/ruff format python tests_py benchmarks examples
-	clang-format -i cpp/include/cpcsync/*.h cpp/src/*.cc cpp/src/*.h cpp/src/sqlite/* cpp/bindings/* tests_cpp/*.cc
+	clang-format -i cpp/include/cpcsync/*.h cpp/src/*.cc cpp/src/*.h cpp/src/sqlite/* cpp/bindings/* tests_cpp/*.cc benchmarks/cpp/*.cc
 
 clean:
 	rm -rf build .venv

@@ -8,18 +8,24 @@ gets a fresh directory and an op count; it returns a :class:`Measurement`
 
 from __future__ import annotations
 
+import argparse
 import gc
+import json
 import math
 import os
 import platform
+import shutil
 import sqlite3
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 # --------------------------------------------------------------------------- measuring
 
@@ -153,6 +159,7 @@ class Case:
     ops: int  # op count of a full run (--quick divides it by 10)
     run: Callable[[Path, int], Measurement]
     multiple_of: int = 1  # the scaled op count is rounded to a multiple of this
+    timeout_s: float | None = None  # run.py's per-case watchdog; None: its default
 
 
 @dataclass(frozen=True)
@@ -187,6 +194,32 @@ class Target:
         return f">= {self.factor:g}x" if self.mode == "at_least" else f"<= {self.factor:g}x"
 
 
+@dataclass(frozen=True)
+class Limit:
+    """An absolute bound on one measured figure (RSS, seconds), not a ratio of two cases.
+
+    ``value`` is what the run measured (None: not measured); it must be <= ``bound``.
+    """
+
+    label: str
+    value: float | None
+    bound: float
+    unit: str
+
+    @property
+    def verdict(self) -> str:
+        if self.value is None:
+            return "n/a (not measured)"
+        return "PASS" if self.value <= self.bound else "MISS"
+
+    @property
+    def margin(self) -> float | None:
+        """bound / value: >= 1 passes (the chart's scale)."""
+        if self.value is None:
+            return None
+        return math.inf if self.value <= 0 else self.bound / self.value
+
+
 @dataclass
 class Group:
     """A named set of cases with its targets and data-derived remarks."""
@@ -199,6 +232,8 @@ class Group:
     checks: Callable[[dict[str, Measurement]], list[str]] | None = None
     description: str = ""
     packages: list[str] = field(default_factory=list)  # distributions whose versions to report
+    # Absolute bounds computed from all results of the run (a "Limits" table in the report).
+    limits: Callable[[dict[str, Measurement]], list[Limit]] | None = None
 
 
 def scaled(case: Case, divisor: int) -> int:
@@ -334,14 +369,28 @@ def _miss_note(o: TargetOutcome, labels: dict[str, str], results: dict[str, Meas
 RERUN = """\
 ## Rerunning
 
-`make bench` installs the peer libraries (persist-queue, litequeue) into `.venv` and
-runs `.venv/bin/python benchmarks/run.py`, which overwrites this file. All cases run in
-one process, one after another, each on fresh files in a temporary directory under
-`build/bench-tmp/` (on the repository's disk, not tmpfs: the fsync cost is part of what
-is measured), and the ratios above come from that one run. `benchmarks/run.py --quick`
-divides every op count by 10 for a smoke test; its numbers are noisier. Throughput is
-ops over the wall time of the timed loop (harness overhead included, see *Timer overhead*);
-latencies are `time.perf_counter_ns` around each call, nearest-rank percentiles.
+`make bench` (or `cpcsync bench`, which runs `benchmarks/run.py` with the same
+arguments) installs the peer libraries (persist-queue, litequeue, tenacity) into `.venv`
+and runs `.venv/bin/python benchmarks/run.py`, which overwrites this file and the chart
+`benchmarks.png` beside it. Every group runs in one invocation, one case after another,
+each on fresh files in a temporary directory under `build/bench-tmp/` (on the
+repository's disk, not tmpfs: the fsync cost is part of what is measured), and the
+ratios above come from that one run. The scale and soak groups run in worker
+subprocesses (their RSS is their own); the C++ group builds `benchmarks/cpp` in
+`build/bench-cpp` (Release) and runs it once with JSON output.
+
+- `--quick` divides op counts by 10 (scale: backlogs of 1,000 and 10,000; soak: 100,000
+  ops) for a smoke run; its numbers are noisier.
+- `--scale-max N` sets the scale group's largest backlog (default 1,000,000, which keeps
+  `make bench` near 15 minutes here); the recorded run says which it used under
+  *Machine*. `make bench BENCH_ARGS="--scale-max 10000000"` passes it through make.
+- `--only SUBSTRING` runs the cases whose key contains it (report to
+  `build/benchmarks-partial.md`); `benchmarks/bench_scale.py`, `bench_soak.py` and
+  `bench_cpp.py` also run alone.
+
+Throughput is ops over the wall time of the timed loop (harness overhead included, see
+*Timer overhead*); latencies are `time.perf_counter_ns` around each call, nearest-rank
+percentiles.
 """
 
 
@@ -352,8 +401,13 @@ def write_report(
     groups: list[Group],
     results: dict[str, Measurement],
     mode: str,
+    chart: str | None = None,
 ) -> list[TargetOutcome]:
-    """Writes the Markdown report to `path` (overwriting it); returns the target outcomes."""
+    """Writes the Markdown report to `path` (overwriting it); returns the target outcomes.
+
+    `chart`: a relative link to the chart image (see :func:`write_chart`), shown after
+    the targets.
+    """
     labels = {c.key: c.label for g in groups for c in g.cases}
     out: list[str] = [
         "# Benchmarks",
@@ -411,6 +465,21 @@ def write_report(
         "",
     ]
 
+    limits = all_limits(groups, results)
+    if limits:
+        out += [
+            "## Limits",
+            "",
+            "| Limit | measured | bound | result |",
+            "|---|---:|---:|---|",
+        ]
+        for lim in limits:
+            value = "n/a" if lim.value is None else f"{lim.value:,.3g} {lim.unit}"
+            out.append(f"| {lim.label} | {value} | <= {lim.bound:g} {lim.unit} | {lim.verdict} |")
+        out.append("")
+    if chart is not None:
+        out += [f"![Every target and limit: measured over needed]({chart})", ""]
+
     out += ["## Sanity checks", ""]
     out += remarks or ["- Nothing to flag."]
     out.append("")
@@ -423,3 +492,127 @@ def write_report(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(out))
     return outcomes
+
+
+def all_limits(groups: Iterable[Group], results: dict[str, Measurement]) -> list[Limit]:
+    """Every group's absolute bounds for this run's results."""
+    return [lim for g in groups if g.limits is not None for lim in g.limits(results)]
+
+
+def write_chart(path: Path, outcomes: Sequence[TargetOutcome], limits: Sequence[Limit]) -> bool:
+    """A horizontal bar per target and limit: measured over needed (>= 1 passes), log scale.
+
+    Returns False (and writes nothing) when matplotlib is missing or nothing was measured.
+    """
+    rows: list[tuple[str, float]] = []
+    for o in outcomes:
+        r = o.ratio
+        if r is None:
+            continue
+        t = o.target
+        margin = r / t.factor if t.mode == "at_least" else (t.factor / r if r else math.inf)
+        rows.append((f"{t.label} ({r:.2f}x, {t.requirement})", margin))
+    for lim in limits:
+        m = lim.margin
+        if m is not None and lim.value is not None:
+            rows.append((f"{lim.label} ({lim.value:,.3g} {lim.unit}, <= {lim.bound:g})", m))
+    if not rows:
+        return False
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [(label, min(max(m, 1e-3), 1e3)) for label, m in rows]
+    height = 1.0 + 0.32 * len(rows)
+    fig, ax = plt.subplots(figsize=(11, height))
+    ys = list(range(len(rows)))[::-1]
+    colors = ["#2e7d32" if m >= 1 else "#c62828" for _, m in rows]
+    ax.barh(ys, [m - 1.0 for _, m in rows], color=colors, left=1.0)  # from 1 to the margin
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=1)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([label for label, _ in rows], fontsize=7)
+    ax.set_xlabel("measured / needed (log scale; >= 1 passes, green)")
+    ax.set_title("cpcsync benchmark targets")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+# --------------------------------------------------------------------------- workers
+# Groups that measure memory (RSS) or kill processes run in a worker subprocess:
+# `python bench_x.py --worker CONFIG_JSON WORKDIR OUT_JSON`.
+
+
+def proc_status_mb(name: str) -> float:
+    """A size line of /proc/self/status (``VmRSS``, ``VmHWM``) in MB; 0.0 if absent."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key == name:
+                return int(value.split()[0]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def run_worker(script: str, config: dict[str, Any], directory: Path) -> dict[str, Any]:
+    """Runs ``script --worker`` with ``config`` in a fresh directory under ``directory``
+    (removed afterwards); returns the JSON document the worker wrote."""
+    workdir = Path(tempfile.mkdtemp(prefix=Path(script).stem + "-", dir=directory))
+    out = workdir / "result.json"
+    try:
+        cmd = [sys.executable, script, "--worker", json.dumps(config), str(workdir), str(out)]
+        subprocess.run(cmd, check=True)
+        doc: dict[str, Any] = json.loads(out.read_text())
+        return doc
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def worker_main(
+    argv: Sequence[str], work: Callable[[dict[str, Any], Path], dict[str, Any]]
+) -> bool:
+    """The worker side of :func:`run_worker`: when ``argv`` is a ``--worker`` call, runs
+    ``work(config, workdir)``, writes its result and returns True; else returns False."""
+    if not argv or argv[0] != "--worker":
+        return False
+    Path(argv[3]).write_text(json.dumps(work(json.loads(argv[1]), Path(argv[2]))))
+    return True
+
+
+def standalone_parser(doc: str, name: str, quick_help: str) -> argparse.ArgumentParser:
+    """Arguments of a ``bench_<name>.py`` run alone: ``--quick`` and ``--output``."""
+    parser = argparse.ArgumentParser(description=doc.split("\n", 1)[0])
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    default = Path(__file__).resolve().parent.parent / "build" / f"benchmarks-{name}.md"
+    parser.add_argument("--output", type=Path, default=default, help="report path")
+    return parser
+
+
+def run_alone(group: Group, output: Path, mode: str) -> dict[str, Measurement]:
+    """Runs one group's cases by themselves (each at its full op count) and writes its
+    report to ``output``; returns the results."""
+    base = Path(__file__).resolve().parent.parent / "build" / "bench-tmp"
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{group.name}-run-", dir=base))
+    results: dict[str, Measurement] = {}
+    try:
+        for i, case in enumerate(group.cases):
+            d = tmp / f"case-{i:02d}"
+            d.mkdir()
+            results[case.key] = case.run(d, case.ops)
+        write_report(output, facts=machine_facts(tmp), groups=[group], results=results, mode=mode)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for o in evaluate(group.targets, results):
+        print(f"  {o.verdict:<40} {o.target.label}")
+    for lim in all_limits([group], results):
+        print(f"  {lim.verdict:<40} {lim.label}: {lim.value}")
+    print(f"wrote {output}")
+    return results

@@ -1,6 +1,7 @@
 """Runs every benchmark group in one process and writes docs/benchmarks.md.
 
     python benchmarks/run.py [--quick] [--only SUBSTRING] [--output PATH] [--keep]
+                             [--scale-max N]
 
 To add a group: write `benchmarks/bench_<name>.py` with a `group() -> harness.Group`
 and append it to `GROUPS` below; its cases, targets and checks land in the same report.
@@ -19,9 +20,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bench_backoff
+import bench_cpp
 import bench_engine
 import bench_monitor
 import bench_queue
+import bench_scale
+import bench_soak
 import harness
 
 REPO = Path(__file__).resolve().parent.parent
@@ -30,6 +34,9 @@ GROUPS: list[Callable[[], harness.Group]] = [
     bench_backoff.group,
     bench_monitor.group,
     bench_engine.group,
+    bench_scale.group,
+    bench_soak.group,
+    bench_cpp.group,
 ]
 CASE_TIMEOUT_S = 300  # a case that hangs dumps every thread's stack and ends the run
 
@@ -51,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
         help="report path (default docs/benchmarks.md; with --only, build/benchmarks-partial.md)",
     )
     parser.add_argument("--keep", action="store_true", help="keep the temporary files")
+    parser.add_argument(
+        "--scale-max",
+        type=int,
+        help="largest backlog of the scale group (default 1,000,000; the recorded run: 10000000)",
+    )
     args = parser.parse_args(argv)
+    bench_scale.configure(quick=args.quick, scale_max=args.scale_max)
+    bench_soak.configure(quick=args.quick)
 
     if args.output is None:
         partial = args.only is not None
@@ -75,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
                 case_dir = tmp / f"{g.name}-{i:02d}"
                 case_dir.mkdir()
                 print(f"{case.key:<34} {ops:>8,} ops ... ", end="", flush=True)
-                faulthandler.dump_traceback_later(CASE_TIMEOUT_S, exit=True)
+                faulthandler.dump_traceback_later(case.timeout_s or CASE_TIMEOUT_S, exit=True)
                 try:
                     m = case.run(case_dir, ops)
                 finally:
@@ -94,13 +108,22 @@ def main(argv: list[str] | None = None) -> int:
             ("Timer overhead", f"{overhead:.0f} ns per timed call (median, empty call)"),
             ("Run", f"{'quick (op counts / 10)' if args.quick else 'full'}, {elapsed:.0f} s"),
         ]
+        if args.scale_max:
+            extra.append(("Scale group", f"--scale-max {args.scale_max}"))
         facts = harness.machine_facts(tmp, extra)
+        chart = args.output.with_suffix(".png")
+        drawn = harness.write_chart(
+            chart,
+            harness.evaluate([t for g in groups for t in g.targets], results),
+            harness.all_limits(groups, results),
+        )
         outcomes = harness.write_report(
             args.output,
             facts=facts,
             groups=groups,
             results=results,
             mode="quick" if args.quick else "full",
+            chart=chart.name if drawn else None,
         )
     finally:
         if not args.keep:
@@ -110,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     for o in outcomes:
         ratio = "n/a" if o.ratio is None else f"{o.ratio:.2f}x"
         print(f"  {o.verdict:<40} {ratio:>8} (needed {o.target.requirement})  {o.target.label}")
+    for lim in harness.all_limits(groups, results):
+        value = "n/a" if lim.value is None else f"{lim.value:,.3g} {lim.unit}"
+        print(f"  {lim.verdict:<40} {value:>8} (<= {lim.bound:g} {lim.unit})  {lim.label}")
     return 0
 
 

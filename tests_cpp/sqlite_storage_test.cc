@@ -119,9 +119,44 @@ TEST(SqliteStorage, MigratesOlderSchemaForward) {
   sqlite3_stmt* st = nullptr;
   sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(st, 0), 2);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 3);
   sqlite3_finalize(st);
   sqlite3_close(db);
+}
+
+// Schema 3 keeps pending depth by priority in the counters row: a migrated file starts
+// from what its ops say, and every later change keeps it exact.
+TEST(SqliteStorage, MigrationFillsPendingDepthByPriority) {
+  const std::string path = Fresh("v2.db");
+  CreateSqliteQueueAtVersion(path, 2);
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  const char* fill =
+      "INSERT INTO ops(kind, payload, size, priority, idempotency_key, hlc, created_at, "
+      "next_attempt_at, state) VALUES "
+      "('k', x'00', 1, 50, 'a', 1, 0, 0, 0), ('k', x'00', 1, 50, 'b', 2, 0, 0, 0), "
+      "('k', x'00', 1, 100, 'c', 3, 0, 0, 0), ('k', x'00', 1, 75, 'd', 4, 0, 0, 2);"
+      "INSERT INTO ready(op_id, prio) VALUES (1, 50), (2, 50), (3, 100);"
+      "UPDATE counters SET live_ops=3, live_bytes=3, dead_ops=1, max_hlc=4;";
+  ASSERT_EQ(sqlite3_exec(db, fill, nullptr, nullptr, nullptr), SQLITE_OK);
+  sqlite3_close(db);
+
+  auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  EXPECT_EQ(q->Stats().by_priority, (std::map<int, int64_t>{{50, 2}, {100, 1}}));
+  auto taken = q->Take(1);
+  ASSERT_EQ(taken.size(), 1u);
+  EXPECT_EQ(taken[0].priority, 100);
+  EXPECT_EQ(q->Stats().by_priority, (std::map<int, int64_t>{{50, 2}}));
+  q->Retry(taken[0].id, 0, "again");
+  NewOp high = Op();
+  high.priority = 75;
+  q->Enqueue(high);
+  EXPECT_EQ(q->Stats().by_priority, (std::map<int, int64_t>{{50, 2}, {75, 1}, {100, 1}}));
+  q->Close();
+
+  auto again = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);  // stored, not kept
+  EXPECT_EQ(again->Stats().by_priority, (std::map<int, int64_t>{{50, 2}, {75, 1}, {100, 1}}));
+  again->Close();
 }
 
 TEST(SqliteStorage, ReadOnlyInspectsWhileConsumed) {

@@ -250,6 +250,14 @@ class QueueModel:
             "bytes": self.live_bytes(),
         }
 
+    def pending_by_priority(self) -> dict[int, int]:
+        """priority -> pending ops (``stats()["by_priority"]``; priorities with none left out)."""
+        out: dict[int, int] = {}
+        for op in self._ops.values():
+            if op.state == PENDING:
+                out[op.priority] = out.get(op.priority, 0) + 1
+        return out
+
     def is_expired(self, op: ModelOp) -> bool:
         return op.state == PENDING and op.expires_at is not None and op.expires_at <= self.now
 

@@ -576,7 +576,8 @@ INSPECT = [["status"], ["list"], ["dead-letters"], ["export"], ["status", "--jso
 CHANGE = [["requeue", "--all"], ["requeue", "1"], ["purge", "--yes"]]
 
 
-def _corrupt(path: Path) -> None:
+def _corrupt(path: Path, *, all_but_header: bool = False) -> None:
+    """Overwrites the middle half of the file's pages (or every page but the first) with noise."""
     with cs.SyncQueue.open(path) as q:
         q.enqueue_many(
             [{"kind": "k", "payload": bytes([i]) * 600, "key": f"k{i % 7}"} for i in range(200)]
@@ -588,6 +589,8 @@ def _corrupt(path: Path) -> None:
     pages = len(data) // page
     assert pages >= 8
     start, end = (pages // 4) * page, (3 * pages // 4) * page
+    if all_but_header:
+        start, end = page, len(data)
     data[start:end] = random.Random(7).randbytes(end - start)
     path.write_bytes(bytes(data))
 
@@ -639,7 +642,9 @@ def test_a_corrupt_queue_is_a_runtime_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
 ) -> None:
     path = tmp_path / "q.db"
-    _corrupt(path)
+    # status reads only what it reports (the counters row, small indexes), never the whole
+    # backlog (docs/cli.md), so only damage where it reads can show; export and list read all
+    _corrupt(path, all_but_header=argv[0] == "status")
     before = path.read_bytes()
     code, out, err = run(capsys, argv[0], str(path), *argv[1:])
     assert code == 1, (out, err)

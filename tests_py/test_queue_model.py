@@ -13,7 +13,7 @@ every timestamp is exact in binary floating point and compared with ``==``.
 After every rule the invariant checks that all three agree on: ``len``, the
 ``peek(1000)`` list (id, kind, key, payload, priority, state, attempts, and
 last_error / idempotency_key / created_at / next_attempt_at wherever the
-semantics pin them), ``stats()`` pending / in_flight / dead / bytes (payload
+semantics pin them), ``stats()`` pending / in_flight / dead / bytes / by_priority (payload
 bytes of pending + in-flight ops, the quantity ``max_bytes`` bounds), and
 ``dead_letters()``. Every rule compares return values and raised exception
 classes (ids are assigned identically: from 1, in enqueue order, never reused).
@@ -464,6 +464,8 @@ class QueueMachine(RuleBasedStateMachine):
             counts = ("pending", "in_flight", "dead", "bytes")
             got_stats = {k: stats[k] for k in counts}
             assert got_stats == {k: want_stats[k] for k in counts}, f"stats on {qname}"
+            want_by_priority = m.pending_by_priority()
+            assert dict(stats["by_priority"]) == want_by_priority, f"by_priority on {qname}"
             _compare_ops(f"dead_letters on {qname}", list(q.dead_letters()), want_dead)
 
 

@@ -76,7 +76,7 @@ class MemoryStorage final : public QueueStorage {
       op.state = OpState::kInFlight;
       op.attempts += 1;
       if (!op.first_attempt_at) op.first_attempt_at = now;
-      in_flight_ += 1;
+      in_flight_.insert(op.id);
       out.push_back(op);
     }
     return out;
@@ -86,7 +86,7 @@ class MemoryStorage final : public QueueStorage {
     std::lock_guard lock(mu_);
     Operation& op = RequireState(id, OpState::kInFlight, "ack");
     std::optional<std::string> key = op.key;
-    in_flight_ -= 1;
+    in_flight_.erase(id);
     live_bytes_ -= static_cast<int64_t>(op.payload.size());
     if (key) lanes_[*key].live.erase(id);
     ops_.erase(id);
@@ -100,7 +100,7 @@ class MemoryStorage final : public QueueStorage {
     op.state = OpState::kPending;
     op.next_attempt_at = next_attempt_at;
     op.last_error = error;
-    in_flight_ -= 1;
+    in_flight_.erase(id);
     RememberPending(op);
     Schedule(op, now);
   }
@@ -210,14 +210,14 @@ class MemoryStorage final : public QueueStorage {
   int64_t ResetInFlight(double now) override {
     std::lock_guard lock(mu_);
     int64_t n = 0;
-    for (auto& [id, op] : ops_) {
-      if (op.state != OpState::kInFlight) continue;
+    for (int64_t id : in_flight_) {  // id order, as before
+      Slot& op = ops_.at(id);
       op.state = OpState::kPending;
       RememberPending(op);
       Schedule(op, now);
       ++n;
     }
-    in_flight_ = 0;
+    in_flight_.clear();
     return n;
   }
 
@@ -229,9 +229,9 @@ class MemoryStorage final : public QueueStorage {
   QueueStats Stats() override {
     std::lock_guard lock(mu_);
     QueueStats s;
-    s.in_flight = in_flight_;
+    s.in_flight = static_cast<int64_t>(in_flight_.size());
     s.dead = static_cast<int64_t>(dead_.size());
-    s.pending = static_cast<int64_t>(ops_.size() - dead_.size()) - in_flight_;
+    s.pending = static_cast<int64_t>(ops_.size() - dead_.size() - in_flight_.size());
     s.bytes = live_bytes_;
     for (auto& [prio, count] : pending_by_prio_) {
       if (count > 0) s.by_priority[prio] = count;
@@ -294,8 +294,9 @@ class MemoryStorage final : public QueueStorage {
     }
     std::vector<LaneHead> ExtraLanes() override {
       std::set<std::string> keys = dirty_keys_;
-      for (auto& [id, op] : s_.ops_) {
-        if (op.state == OpState::kInFlight && op.key) keys.insert(*op.key);
+      for (int64_t id : s_.in_flight_) {  // O(in flight), not O(ops)
+        const Operation& op = s_.ops_.at(id);
+        if (op.key) keys.insert(*op.key);
       }
       std::vector<LaneHead> out;
       for (const auto& key : keys) {
@@ -305,12 +306,16 @@ class MemoryStorage final : public QueueStorage {
     }
     std::optional<LaneHead> NextInLane(const std::string& key, int64_t after) override {
       const Lane& lane = s_.lanes_.at(key);
+      // No pending op of the lane is above this: once reached, the rest cannot raise
+      // eff_prio (normally at the first op, so this is not O(lane length)).
+      const int ceiling = lane.pending_prios.empty() ? 0 : *lane.pending_prios.rbegin();
       std::optional<LaneHead> head;
       for (auto it = lane.live.upper_bound(after); it != lane.live.end(); ++it) {
         const Operation& op = s_.ops_.at(*it);
         if (op.state != OpState::kPending || (op.expires_at && *op.expires_at <= now_)) continue;
         if (!head) head = LaneHead{op.priority, op.id, key};
         head->eff_prio = std::max(head->eff_prio, op.priority);
+        if (head->eff_prio >= ceiling) break;
       }
       return head;
     }
@@ -533,7 +538,7 @@ class MemoryStorage final : public QueueStorage {
       was_head = op.sched != Sched::kNone;
       Unschedule(op);
     } else {
-      in_flight_ -= 1;
+      in_flight_.erase(id);
     }
     live_bytes_ -= static_cast<int64_t>(op.payload.size());
     op.state = OpState::kDead;
@@ -551,12 +556,10 @@ class MemoryStorage final : public QueueStorage {
   // True when the in-flight ops alone break a limit: dropping every pending op
   // (the new ones included) could not make room.
   bool InFlightAloneOver(const Limits& limits) const {
-    if (limits.max_ops && in_flight_ > *limits.max_ops) return true;
+    if (limits.max_ops && static_cast<int64_t>(in_flight_.size()) > *limits.max_ops) return true;
     if (!limits.max_bytes || live_bytes_ <= *limits.max_bytes) return false;
     int64_t bytes = 0;
-    for (const auto& [id, op] : ops_) {
-      if (op.state == OpState::kInFlight) bytes += static_cast<int64_t>(op.payload.size());
-    }
+    for (int64_t id : in_flight_) bytes += static_cast<int64_t>(ops_.at(id).payload.size());
     return bytes > *limits.max_bytes;
   }
 
@@ -589,7 +592,7 @@ class MemoryStorage final : public QueueStorage {
   std::map<int, int64_t> pending_by_prio_;
   std::set<int64_t> dead_;
   int64_t next_id_ = 1;
-  int64_t in_flight_ = 0;
+  std::set<int64_t> in_flight_;  // ids of leased ops
   int64_t live_bytes_ = 0;
   uint64_t max_hlc_ = 0;
 };

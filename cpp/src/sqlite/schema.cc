@@ -56,6 +56,19 @@ constexpr std::array<const char*, kSchemaVersion> kMigrations = {
     R"sql(
     CREATE INDEX ops_by_priority ON ops(priority, id DESC) WHERE state = 0;
     )sql",
+    // 3: answers that must not grow with the backlog (issue 7). Pending depth by
+    // priority lives in the counters row ("prio:count,..." ascending, no zeros) instead
+    // of a count over ops_by_priority; the operations carrying an error (retried or
+    // dead) get a covering index for the CLI's error summary.
+    R"sql(
+    ALTER TABLE counters ADD COLUMN pending_by_prio TEXT NOT NULL DEFAULT '';
+    UPDATE counters SET pending_by_prio = coalesce((
+      SELECT group_concat(priority || ':' || n, ',') FROM (
+        SELECT priority, count(*) AS n FROM ops WHERE state = 0
+        GROUP BY priority ORDER BY priority)), '');
+    CREATE INDEX ops_errors ON ops(last_error, state, dead_at, next_attempt_at)
+      WHERE last_error IS NOT NULL;
+    )sql",
 };
 
 [[noreturn]] void NotAQueue(const std::string& path, const std::string& why) {

@@ -13,7 +13,7 @@
 namespace cpcsync::sqlite {
 
 inline constexpr int kApplicationId = 0x63706373;  // "cpcs"
-inline constexpr int kSchemaVersion = 2;
+inline constexpr int kSchemaVersion = 3;
 
 enum class FileKind { kMissing, kEmpty, kQueue };
 
