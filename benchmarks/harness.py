@@ -499,6 +499,10 @@ def all_limits(groups: Iterable[Group], results: dict[str, Measurement]) -> list
     return [lim for g in groups if g.limits is not None for lim in g.limits(results)]
 
 
+def _short(label: str, width: int = 90) -> str:
+    return label if len(label) <= width else label[: width - 1] + "…"
+
+
 def write_chart(path: Path, outcomes: Sequence[TargetOutcome], limits: Sequence[Limit]) -> bool:
     """A horizontal bar per target and limit: measured over needed (>= 1 passes), log scale.
 
@@ -525,9 +529,9 @@ def write_chart(path: Path, outcomes: Sequence[TargetOutcome], limits: Sequence[
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    rows = [(label, min(max(m, 1e-3), 1e3)) for label, m in rows]
+    rows = [(_short(label), min(max(m, 1e-3), 1e3)) for label, m in rows]
     height = 1.0 + 0.32 * len(rows)
-    fig, ax = plt.subplots(figsize=(11, height))
+    fig, ax = plt.subplots(figsize=(13, height))
     ys = list(range(len(rows)))[::-1]
     colors = ["#2e7d32" if m >= 1 else "#c62828" for _, m in rows]
     ax.barh(ys, [m - 1.0 for _, m in rows], color=colors, left=1.0)  # from 1 to the margin

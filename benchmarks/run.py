@@ -1,4 +1,4 @@
-"""Runs every benchmark group in one process and writes docs/benchmarks.md.
+"""Runs every benchmark group in one invocation; writes docs/benchmarks.md and its chart.
 
     python benchmarks/run.py [--quick] [--only SUBSTRING] [--output PATH] [--keep]
                              [--scale-max N]
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import faulthandler
 import importlib.metadata
+import os
 import shutil
 import sys
 import tempfile
@@ -48,6 +49,14 @@ def _version(dist: str) -> str:
         return "not installed"
 
 
+def _load_average() -> str:
+    """The 1-minute load average: other work on the machine skews every figure."""
+    try:
+        return f"{os.getloadavg()[0]:.2f}"
+    except OSError:
+        return "unknown"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="divide every op count by 10")
@@ -80,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     base.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="run-", dir=base))
     results: dict[str, harness.Measurement] = {}
+    load_before = _load_average()
     started = time.perf_counter()
     try:
         overhead = harness.timer_overhead_ns()
@@ -107,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             *((f"{d} version", _version(d)) for d in dists),
             ("Timer overhead", f"{overhead:.0f} ns per timed call (median, empty call)"),
             ("Run", f"{'quick (op counts / 10)' if args.quick else 'full'}, {elapsed:.0f} s"),
+            ("Load average (1 min) at start / end", f"{load_before} / {_load_average()}"),
         ]
         if args.scale_max:
             extra.append(("Scale group", f"--scale-max {args.scale_max}"))

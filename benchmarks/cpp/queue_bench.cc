@@ -116,8 +116,8 @@ void TakeAck(benchmark::State& state, bool sqlite) {
 
 void BM_TakeAck_Memory(benchmark::State& state) { TakeAck(state, false); }
 void BM_TakeAck_Sqlite(benchmark::State& state) { TakeAck(state, true); }
-BENCHMARK(BM_TakeAck_Memory)->Arg(1000)->Arg(100000);
-BENCHMARK(BM_TakeAck_Sqlite)->Arg(1000)->Arg(100000);
+BENCHMARK(BM_TakeAck_Memory)->Arg(10000)->Arg(100000);
+BENCHMARK(BM_TakeAck_Sqlite)->Arg(10000)->Arg(100000);
 
 void Peek(benchmark::State& state, bool sqlite) {
   Backlog& b = GetBacklog(sqlite, state.range(0));
@@ -127,8 +127,8 @@ void Peek(benchmark::State& state, bool sqlite) {
 
 void BM_Peek10_Memory(benchmark::State& state) { Peek(state, false); }
 void BM_Peek10_Sqlite(benchmark::State& state) { Peek(state, true); }
-BENCHMARK(BM_Peek10_Memory)->Arg(1000)->Arg(100000);
-BENCHMARK(BM_Peek10_Sqlite)->Arg(1000)->Arg(100000);
+BENCHMARK(BM_Peek10_Memory)->Arg(10000)->Arg(100000);
+BENCHMARK(BM_Peek10_Sqlite)->Arg(10000)->Arg(100000);
 
 // The merge alone over a synthetic source: `lanes` keyed lanes of 8 ops, heads in order.
 class VectorSource final : public LaneSource {
