@@ -56,6 +56,34 @@ DURABILITIES: tuple[Literal["full"], Literal["normal"]] = ("full", "normal")
 OP_LABELS = {"enqueue": "enqueue", "take_ack": "take(1)+ack", "peek": "peek(10)"}
 
 
+# What profiling this group found, and what the fixes changed (kept with the group so the
+# report says it after every rerun).
+FINDINGS = """\
+**What profiling found and fixed** (before -> after, this machine, 2026-11-25; the
+`EXPLAIN QUERY PLAN` of every statement was checked on a 1,000,000-op file):
+
+- *peek walked whole lanes.* SQLite ran the lane walk (`lane_next`, `lane_prio_from` in
+  `cpp/src/sqlite_storage.cc`) through `ops_lane_prio` and sorted the whole lane for every
+  op peeked, so peek(10) cost grew with the ops per lane: 7.6 ms at 1,000,000 ops over
+  1,000 keys against 117 µs at 10,000. Both statements now walk the lane's index from the
+  previous op (`INDEXED BY`) and stop at the first match: 54 µs at both sizes.
+- *`cpcsync status` counted the backlog.* `stats()` counted pending ops per priority
+  (145 ms at 1,000,000), the CLI counted in-flight and dead ops per priority with a table
+  scan (230 ms) and summarised errors with another (210 ms): 1.37 s for the command at
+  1,000,000 (worst of 3), 8.9 s at 10,000,000. Schema 3 keeps pending depth by priority
+  in the counters row, the per-state counts use the partial indexes, and the error
+  summary reads a covering partial index: each part now takes under 1 ms, and the
+  command's time is interpreter start and imports.
+- *MemoryStorage peek walked every op* (lanes with an op in flight were found by scanning
+  all ops, a lane's effective priority by walking all of it): peek(10) at 100,000 ops
+  3.2 ms -> about 2 µs CPU (C++ group).
+- *Limits of this disk.* An enqueue at "full" is one commit with one fdatasync: its cost
+  is the disk's (the reference row measures write+fdatasync in the same rounds), at
+  every backlog size. The p99 of the SQLite rows are WAL checkpoints (every ~1,000
+  pages), whose cost is the disk's too.
+"""
+
+
 def key_for(i: int) -> str | None:
     """Even ops are independent; odd ones go to one of ``KEYS`` lanes."""
     return None if i % 2 == 0 else f"user:{(i // 2) % KEYS:04d}"
@@ -529,7 +557,8 @@ def group() -> Group:
             f'"full" and at "normal" in {cfg.rounds} interleaved rounds (each round visits '
             "every size; a case pools its rounds). Per round, enqueues and takes are equal, "
             "so each backlog keeps its size. All in one worker subprocess; its VmHWM is the "
-            "RSS figure. The reopen and CLI rows time seconds per run (p50/p99 in µs)."
+            "RSS figure. The reopen and CLI rows time seconds per run (p50/p99 in µs).\n\n"
+            + FINDINGS
         ),
     )
 
