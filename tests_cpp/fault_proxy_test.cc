@@ -337,6 +337,22 @@ TEST(FaultProxy, UpstreamDownClosesTheClientAndCounts) {
   EXPECT_TRUE(Eventually([&] { return proxy.Stats().active == 0; }));
 }
 
+TEST(FaultProxy, StartFailsCleanlyWhenThePortIsTaken) {
+  EchoServer echo;
+  FaultProxyOptions o = To(echo.port());
+  o.listen_port = echo.port();
+  FaultProxy proxy(o);
+  try {
+    proxy.Start();
+    ADD_FAILURE() << "Start() on a port in use succeeded";
+  } catch (const SyncError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kOs);
+    EXPECT_EQ(e.sys_errno(), EADDRINUSE);
+  }
+  EXPECT_FALSE(proxy.running());
+  EXPECT_THROW(proxy.Start(), SyncError);  // and again: nothing left over from the first try
+}
+
 TEST(FaultProxy, RejectsBadToxics) {
   FaultProxy proxy(To(9));
   auto invalid = [&](ToxicSpec spec) {

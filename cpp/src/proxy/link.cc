@@ -47,7 +47,9 @@ void Pipe::Sync(const ToxicSnapshot& snapshot, SteadyTime now) {
     if (t.spec.stream != stream_) continue;
     State s{&t, Applies(hub.seed, connection_.id(), t), now, 0, std::nullopt};
     for (const State& old : states_) {
-      if (old.toxic->serial == t.serial) {
+      // Kept only while it applies throughout: a toxic that starts to apply (its
+      // toxicity raised) takes effect now.
+      if (old.toxic->serial == t.serial && old.applies && s.applies) {
         s.start = old.start;
         s.bytes = old.bytes;
         s.reset_at = old.reset_at;
