@@ -21,6 +21,7 @@ from pathlib import Path
 import bench_backoff
 import bench_engine
 import bench_monitor
+import bench_proxy
 import bench_queue
 import harness
 
@@ -30,6 +31,7 @@ GROUPS: list[Callable[[], harness.Group]] = [
     bench_backoff.group,
     bench_monitor.group,
     bench_engine.group,
+    bench_proxy.group,
 ]
 CASE_TIMEOUT_S = 300  # a case that hangs dumps every thread's stack and ends the run
 
