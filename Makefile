@@ -7,7 +7,7 @@ setup:
 	bash scripts/bootstrap.sh
 
 demo: setup
-	.venv/bin/python -m cpcsync.demo
+	.venv/bin/python -m cpcsync.demo $(ARGS)
 
 test: setup
 	ctest --test-dir build/py --output-on-failure -j2

@@ -24,6 +24,7 @@ import bench_backoff
 import bench_cpp
 import bench_engine
 import bench_monitor
+import bench_proxy
 import bench_queue
 import bench_scale
 import bench_soak
@@ -35,6 +36,7 @@ GROUPS: list[Callable[[], harness.Group]] = [
     bench_backoff.group,
     bench_monitor.group,
     bench_engine.group,
+    bench_proxy.group,
     bench_scale.group,
     bench_soak.group,
     bench_cpp.group,

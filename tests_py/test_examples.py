@@ -45,3 +45,14 @@ def test_examples_pass_mypy_strict(name: str) -> None:
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_full_integration_example_survives_its_faults() -> None:
+    out = _run("full_integration_example.py")
+    assert (
+        "offline: reads from the local copy -> {'units': 35} ; server still has {'units': 40}"
+        in out
+    )
+    assert "back:    server now has -> {'units': 35} {'today': 12}" in out
+    assert "slow + 503s: delivered after retries -> {'units': 30}" in out
+    assert "server applied 4 writes, each once: True" in out

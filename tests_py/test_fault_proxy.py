@@ -274,6 +274,7 @@ def test_duplicate_and_unknown_names_raise_invalid_argument(proxy: FaultProxy) -
         {"upstream": "127.0.0.1:80"},
         {"upstream": ("127.0.0.1", 80), "listen": ("127.0.0.1", -1)},
         {"upstream": ("127.0.0.1", 80), "seed": -1},
+        {"upstream": ("", 80)},
     ],
 )
 def test_bad_addresses_raise_invalid_argument(kwargs: dict[str, Any]) -> None:
@@ -281,8 +282,8 @@ def test_bad_addresses_raise_invalid_argument(kwargs: dict[str, Any]) -> None:
         FaultProxy(**kwargs)
 
 
-def test_unresolvable_upstream_fails_at_start() -> None:
-    p = FaultProxy(upstream=("no-such-host.invalid", 80))
-    with pytest.raises(cs.InvalidArgumentError):
+def test_port_in_use_is_an_os_error(server: SyncServer) -> None:
+    p = FaultProxy(upstream=("127.0.0.1", server.port), listen=("127.0.0.1", server.port))
+    with pytest.raises(OSError):
         p.start()
     assert not p.running

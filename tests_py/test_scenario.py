@@ -153,3 +153,41 @@ def test_offline_without_a_monitor_partitions_the_transport(tmp_path: Path) -> N
     sim.apply(Scenario().offline(4))
     assert sim.run_until_idle()
     assert ft.outcomes() == ["network"] * 4 + ["delivered"]
+
+
+def test_played_in_real_time_against_a_fault_proxy(sync_server: Any, fault_proxy: Any) -> None:
+    """The same timeline drives a real proxy: every step is applied in order (proxy
+    disabled and enabled, toxics added and removed), a 503 burst is armed on the
+    server, and it all ends healed."""
+    host, port = fault_proxy.address
+    url = f"http://{host}:{port}/ops"
+    s = Scenario().offline(0.3).http_errors(2, status=503).latency(0.05, duration=0.2).resets(0.1)
+    player = s.play(fault_proxy, server=sync_server)
+    assert player.wait(timeout=30)
+    assert player.errors == []
+    assert [st.action for st in player.applied] == [st.action for st in s.steps]
+    assert fault_proxy.enabled and fault_proxy.toxics == []
+    # The 503 burst is still armed on the server: the next two POSTs get it.
+    with cs.HttpTransport(url, timeout=5.0) as t:
+        q = cs.SyncQueue.in_memory()
+        q.enqueue("set", {"v": 1}, key="a")
+        (op,) = q.take(1)
+        for _ in range(2):
+            with pytest.raises(cs.TransientError):
+                t(op)
+        t(op)
+    assert sync_server.applied["a"]["value"] == {"v": 1}
+
+
+def test_play_refuses_steps_a_proxy_cannot_do(fault_proxy: Any) -> None:
+    with pytest.raises(cs.InvalidArgumentError, match="FaultyTransport"):
+        Scenario().fail_next(1).play(fault_proxy)
+    with pytest.raises(cs.InvalidArgumentError, match="server"):
+        Scenario().http_errors(1).play(fault_proxy)
+
+
+def test_player_stop_cuts_the_timeline_short(fault_proxy: Any) -> None:
+    with Scenario().offline(0.01).wait(3600).online().play(fault_proxy) as player:
+        pass  # leaving the block stops the player long before the last step's hour
+    assert player.done.is_set()
+    assert len(player.applied) < 3

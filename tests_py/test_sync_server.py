@@ -272,3 +272,30 @@ def test_not_started_raises() -> None:
             _ = s.url
     finally:
         s.stop()
+
+
+def test_get_entities_serves_one_key() -> None:
+    import json as _json
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    with SyncServer() as server:
+        key = "user:42/ü"
+        body = {"kind": "set", "key": key, "payload": {"v": 1}, "idempotency_key": "k1"}
+        req = urllib.request.Request(
+            server.url,
+            data=_json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(req, timeout=5) as r:
+            r.read()
+        base = server.url.rsplit("/", 1)[0]
+        with urllib.request.urlopen(f"{base}/entities/{urllib.parse.quote(key, safe='')}") as r:
+            assert _json.loads(r.read()) == {"value": {"v": 1}, "version": 1, "hlc": None}
+        assert server.entity(key) == {"value": {"v": 1}, "version": 1, "hlc": None}
+        assert server.entity("nope") is None
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(f"{base}/entities/nope")
+        assert err.value.code == 404
+        err.value.close()

@@ -61,3 +61,45 @@ def test_every_public_name_has_a_docstring() -> None:
         obj = getattr(cpcsync, name)
         if callable(obj) or inspect.isclass(obj):
             assert (obj.__doc__ or "").strip(), f"{name} has no docstring"
+
+
+def _public_members(obj: object) -> list[tuple[str, object]]:
+    return [
+        (n, m)
+        for n, m in vars(obj).items()
+        if not n.startswith("_") and (inspect.isfunction(m) or isinstance(m, property))
+    ]
+
+
+def test_every_public_name_of_the_toolkit_store_cli_and_metrics_has_a_docstring() -> None:
+    import cpcsync.cli
+    import cpcsync.demo
+    import cpcsync.metrics
+    import cpcsync.store
+    import cpcsync.testing
+    import cpcsync.testing.plugin
+
+    modules = [cpcsync.testing, cpcsync.store, cpcsync.metrics, cpcsync.cli, cpcsync.demo]
+    missing = []
+    for module in modules:
+        assert (module.__doc__ or "").strip(), f"{module.__name__} has no docstring"
+        for name in getattr(module, "__all__", []):
+            obj = getattr(module, name)
+            if not (callable(obj) or inspect.isclass(obj)):
+                continue
+            if not (obj.__doc__ or "").strip():
+                missing.append(f"{module.__name__}.{name}")
+            if inspect.isclass(obj) and obj.__module__.startswith("cpcsync"):
+                for member, m in _public_members(obj):
+                    doc = m.__doc__ if not isinstance(m, property) else m.fget.__doc__  # type: ignore[union-attr]
+                    if not (doc or "").strip():
+                        missing.append(f"{module.__name__}.{name}.{member}")
+    fixtures = [
+        f
+        for n, f in vars(cpcsync.testing.plugin).items()
+        if hasattr(f, "_fixture_function_marker") or type(f).__name__ == "FixtureFunctionDefinition"
+    ]
+    assert len(fixtures) >= 7
+    for f in fixtures:
+        assert "Scope:" in (f.__doc__ or ""), f"fixture {f} lacks its scope/type/default doc"
+    assert missing == []

@@ -237,7 +237,14 @@ void FaultProxy::Impl::Start() {
   io_ = std::make_unique<asio::io_context>(1);
   acceptor_.emplace(*io_);
   retry_.emplace(*io_);
-  OpenAcceptor();  // also when disabled: a port 0 is chosen now, and stays
+  try {
+    OpenAcceptor();  // also when disabled: a port 0 is chosen now, and stays
+  } catch (...) {
+    retry_.reset();  // before the io_context they use
+    acceptor_.reset();
+    io_.reset();
+    throw;
+  }
   if (enabled()) {
     Accept();
   } else {

@@ -30,8 +30,9 @@
 //                                        have passed on the stream since the toxic took
 //                                        effect
 // Several toxics on one stream combine: latencies add, the lowest rate wins, the
-// slice size is the smallest sampled, any timeout/reset_peer/limit_data may end the
-// connection, slow_close delays add. Toxics may be added, updated and removed while
+// slicer with the smallest average_size - size_variation sets the slice size and the
+// longest slicer delay applies, slow_close delays add, and any timeout, reset_peer or
+// limit_data may end the connection. Toxics may be added, updated and removed while
 // traffic flows; a change applies at once to every open connection (a toxic "takes
 // effect" on a connection when it is added, or when the connection opens). Held
 // data is bounded (about 1 MiB per stream); beyond that the proxy stops reading, so

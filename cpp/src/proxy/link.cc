@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <array>
+#include <cerrno>
+#include <cstring>
 #include <span>
 
 #include "cpcsync/log.h"
@@ -45,7 +47,9 @@ void Pipe::Sync(const ToxicSnapshot& snapshot, SteadyTime now) {
     if (t.spec.stream != stream_) continue;
     State s{&t, Applies(hub.seed, connection_.id(), t), now, 0, std::nullopt};
     for (const State& old : states_) {
-      if (old.toxic->serial == t.serial) {
+      // Kept only while it applies throughout: a toxic that starts to apply (its
+      // toxicity raised) takes effect now.
+      if (old.toxic->serial == t.serial && old.applies && s.applies) {
         s.start = old.start;
         s.bytes = old.bytes;
         s.reset_at = old.reset_at;
@@ -55,6 +59,8 @@ void Pipe::Sync(const ToxicSnapshot& snapshot, SteadyTime now) {
   }
   snapshot_ = snapshot;  // keeps the toxics `next` points to alive
   states_ = std::move(next);
+  toxic_ = std::any_of(states_.begin(), states_.end(), [](const State& s) { return s.applies; });
+  if (toxic_) RelayToQueue();
 }
 
 bool Pipe::MakePlan(SteadyTime now, Plan& plan) {
@@ -130,6 +136,7 @@ SteadyTime Pipe::ReadyAt(const Chunk& chunk, const Plan& plan) const {
 
 bool Pipe::Step(SteadyTime now, Plan& plan) {
   if (waiting_write_ || plan.hold) return false;
+  if (relay_.pending() > 0) return DrainRelay();  // the queue is empty then
   if (queue_.empty()) {
     if (!eof_ || shutdown_sent_) return false;
     const SteadyTime at = eof_at_ + Ms(plan.slow_close_ms);
@@ -191,13 +198,7 @@ size_t Pipe::TryWrite(size_t limit, bool gather) {
   asio::error_code ec;
   const size_t n = sink_.write_some(std::span<const asio::const_buffer>(buffers.data(), count), ec);
   if (ec == asio::error::would_block || ec == asio::error::try_again) {
-    waiting_write_ = true;
-    sink_.async_wait(tcp::socket::wait_write,
-                     [self = connection_.shared_from_this(), this](const asio::error_code& e) {
-                       waiting_write_ = false;
-                       if (e || self->closed()) return;
-                       Pump();
-                     });
+    WaitWritable();
     return 0;
   }
   if (ec) {
@@ -212,8 +213,7 @@ size_t Pipe::TryWrite(size_t limit, bool gather) {
 
 void Pipe::Consumed(size_t n, const Plan& plan, SteadyTime now) {
   Hub& hub = connection_.hub();
-  (stream_ == ToxicStream::kUpstream ? hub.bytes_upstream : hub.bytes_downstream)
-      .fetch_add(n, std::memory_order_relaxed);
+  Count(n);
   queued_bytes_ -= n;
   for (size_t left = n; left > 0;) {
     Chunk& c = queue_.front();
@@ -252,18 +252,110 @@ void Pipe::Pump() {
 }
 
 void Pipe::WaitReadable() {
-  if (waiting_read_ || eof_ || queued_bytes_ >= kPipeCap) return;
-  waiting_read_ = true;
-  source_.async_wait(tcp::socket::wait_read,
-                     [self = connection_.shared_from_this(), this](const asio::error_code& e) {
-                       waiting_read_ = false;
-                       if (e || self->closed()) return;
-                       ReadAvailable();
-                       Pump();
-                     });
+  if (waiting_read_ || eof_ || relay_full_ || queued_bytes_ + relay_.pending() >= kPipeCap) return;
+  Await(source_, tcp::socket::wait_read, waiting_read_);
+}
+
+void Pipe::WaitWritable() { Await(sink_, tcp::socket::wait_write, waiting_write_); }
+
+void Pipe::Await(tcp::socket& socket, tcp::socket::wait_type what, bool& waiting) {
+  waiting = true;
+  socket.async_wait(what, [self = connection_.shared_from_this(), this, what,
+                           &waiting](const asio::error_code& e) {
+    waiting = false;
+    if (e || self->closed()) return;
+    if (what == tcp::socket::wait_read) ReadAvailable();
+    Pump();
+  });
 }
 
 void Pipe::ReadAvailable() {
+  if (!splice_off_ && !toxic_ && queue_.empty()) {
+    SpliceIn();
+  } else {
+    ReadBuffered();
+  }
+}
+
+void Pipe::SpliceIn() {
+  while (relay_.pending() < kPipeCap) {
+    const size_t want = kPipeCap - relay_.pending();
+    const SpliceRelay::Result r = relay_.Fill(source_.native_handle(), want);
+    switch (r.status) {
+      case SpliceRelay::Status::kMoved:
+        if (r.bytes < want) return;  // most likely drained: let the reactor say
+        break;
+      case SpliceRelay::Status::kWouldBlock:
+        relay_full_ = relay_.pending() > 0;  // empty source or full pipe: drain first
+        return;
+      case SpliceRelay::Status::kEof:
+        eof_ = true;
+        eof_at_ = SteadyClock::now();
+        return;
+      case SpliceRelay::Status::kError:
+        Log().debug("FaultProxy connection {}: read failed: {}", connection_.id(),
+                    std::strerror(r.error));
+        connection_.Close(r.error == ECONNRESET ? CloseMode::kReset : CloseMode::kGraceful,
+                          "read failed");
+        return;
+      case SpliceRelay::Status::kUnsupported:
+        Log().debug("FaultProxy: splice unsupported ({}); copying instead", std::strerror(r.error));
+        RelayToQueue();
+        splice_off_ = true;
+        ReadBuffered();
+        return;
+    }
+  }
+}
+
+bool Pipe::DrainRelay() {
+  const SpliceRelay::Result r = relay_.Drain(sink_.native_handle());
+  switch (r.status) {
+    case SpliceRelay::Status::kMoved:
+      relay_full_ = false;
+      Count(r.bytes);
+      return true;
+    case SpliceRelay::Status::kWouldBlock:
+      WaitWritable();
+      return false;
+    default:
+      Log().debug("FaultProxy connection {}: write failed: {}", connection_.id(),
+                  std::strerror(r.error));
+      connection_.Close(r.error == ECONNRESET ? CloseMode::kReset : CloseMode::kGraceful,
+                        "write failed");
+      return false;
+  }
+}
+
+void Pipe::RelayToQueue() {
+  Hub& hub = connection_.hub();
+  const SteadyTime now = SteadyClock::now();
+  while (relay_.pending() > 0) {
+    std::unique_ptr<char[]> buffer = hub.pool.Take();
+    const SpliceRelay::Result r = relay_.ReadOut(buffer.get(), BufferPool::kSize);
+    if (r.status != SpliceRelay::Status::kMoved) {
+      hub.pool.Give(std::move(buffer));
+      connection_.Close(CloseMode::kGraceful, "cannot read the splice pipe");
+      return;
+    }
+    PushChunk(std::move(buffer), r.bytes, now);
+  }
+  relay_full_ = false;
+}
+
+void Pipe::PushChunk(std::unique_ptr<char[]> data, size_t n, SteadyTime now) {
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  queue_.push_back(Chunk{std::move(data), 0, n, now, unit(rng_)});
+  queued_bytes_ += n;
+}
+
+void Pipe::Count(size_t n) {
+  Hub& hub = connection_.hub();
+  (stream_ == ToxicStream::kUpstream ? hub.bytes_upstream : hub.bytes_downstream)
+      .fetch_add(n, std::memory_order_relaxed);
+}
+
+void Pipe::ReadBuffered() {
   Hub& hub = connection_.hub();
   while (queued_bytes_ < kPipeCap) {
     std::unique_ptr<char[]> buffer = hub.pool.Take();
@@ -283,9 +375,7 @@ void Pipe::ReadAvailable() {
           "read failed");
       return;
     }
-    std::uniform_real_distribution<double> unit(0.0, 1.0);
-    queue_.push_back(Chunk{std::move(buffer), 0, n, SteadyClock::now(), unit(rng_)});
-    queued_bytes_ += n;
+    PushChunk(std::move(buffer), n, SteadyClock::now());
     if (n < BufferPool::kSize) return;  // most likely drained: let the reactor say
   }
 }

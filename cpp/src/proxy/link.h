@@ -5,11 +5,13 @@
 // A Pipe reads from its source socket when it is readable (non-blocking reads into
 // pooled 64 KiB buffers, at most kPipeCap bytes queued), and Pump() writes the queue
 // to the sink as far as the toxics allow, with non-blocking writes (gathering several
-// chunks per write when no toxic shapes the stream). What it cannot do now it waits
-// for: the socket becoming readable or writable, or the pipe's timer (the earliest
-// moment a toxic lets something happen). Pump() recomputes everything from the
-// current state, so a spurious call is harmless; that is how toxic changes reach
-// open connections.
+// chunks per write when no toxic shapes the stream). While no toxic applies to the
+// stream and nothing is queued, bytes go through a SpliceRelay instead (zero-copy);
+// when a toxic starts to apply, what the relay holds moves into the queue, so order is
+// kept and the toxic sees it. What a pipe cannot do now it waits for: the socket
+// becoming readable or writable, or the pipe's timer (the earliest moment a toxic
+// lets something happen). Pump() recomputes everything from the current state, so a
+// spurious call is harmless; that is how toxic changes reach open connections.
 #pragma once
 
 #include <asio.hpp>
@@ -23,6 +25,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "proxy/splice.h"
 #include "proxy/toxics.h"
 
 namespace cpcsync::proxy {
@@ -108,7 +111,18 @@ class Pipe {
   // One step of Pump(); false when nothing more can happen now.
   bool Step(SteadyTime now, Plan& plan);
   void WaitReadable();
+  void WaitWritable();
+  // Waits until `socket` is ready for `what` (`waiting` is true meanwhile), then reads
+  // (for wait_read) and pumps.
+  void Await(tcp::socket& socket, tcp::socket::wait_type what, bool& waiting);
   void ReadAvailable();
+  void ReadBuffered();
+  void SpliceIn();
+  // Moves the relay's bytes to the front of the (empty) queue.
+  void RelayToQueue();
+  bool DrainRelay();
+  void PushChunk(std::unique_ptr<char[]> data, size_t n, SteadyTime now);
+  void Count(size_t n);
   // Writes up to `limit` bytes from the queue; returns bytes written (0: socket full,
   // a wait for writability is pending, or the connection closed).
   size_t TryWrite(size_t limit, bool gather);
@@ -126,6 +140,11 @@ class Pipe {
 
   ToxicSnapshot snapshot_;
   std::vector<State> states_;
+  bool toxic_ = false;  // some toxic applies to this stream
+
+  SpliceRelay relay_;
+  bool splice_off_ = false;  // splice unsupported here: always buffered
+  bool relay_full_ = false;  // the relay refused more: drain it before reading again
 
   std::deque<Chunk> queue_;
   size_t queued_bytes_ = 0;

@@ -29,6 +29,7 @@ import socket
 import sqlite3
 import tempfile
 import threading
+import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -83,7 +84,16 @@ class _Handler(BaseHTTPRequestHandler):
         self._answer(status, body, extra)
 
     def do_GET(self) -> None:
-        self._answer(404, {"error": "POST operations here"}, {})
+        owner: SyncServer = self.server.owner
+        prefix = "/entities/"
+        if not self.path.startswith(prefix):
+            self._answer(404, {"error": "POST operations here; GET /entities/<key>"}, {})
+            return
+        entity = owner.entity(urllib.parse.unquote(self.path[len(prefix) :]))
+        if entity is None:
+            self._answer(404, {"error": "no such key"}, {})
+        else:
+            self._answer(200, entity, {})
 
     def _answer(self, status: int, body: dict[str, Any], extra: dict[str, str]) -> None:
         data = json.dumps(body).encode("utf-8")
@@ -240,6 +250,19 @@ class SyncServer:
             db = self._require_db()
             rows = db.execute("SELECT key, value, version, hlc FROM entities").fetchall()
         return {k: {"value": json.loads(v), "version": ver, "hlc": hlc} for k, v, ver, hlc in rows}
+
+    def entity(self, key: str) -> dict[str, Any] | None:
+        """``{"value", "version", "hlc"}`` of one key, or None if never applied (also
+        served as ``GET /entities/<url-quoted key>``)."""
+        with self._lock:
+            row = (
+                self._require_db()
+                .execute("SELECT value, version, hlc FROM entities WHERE key = ?", (key,))
+                .fetchone()
+            )
+        if row is None:
+            return None
+        return {"value": json.loads(row[0]), "version": row[1], "hlc": row[2]}
 
     @property
     def log(self) -> list[dict[str, Any]]:
