@@ -159,6 +159,31 @@ TEST(SqliteStorage, MigrationFillsPendingDepthByPriority) {
   again->Close();
 }
 
+// The oldest pending op is found per priority (one index seek each): whatever its
+// priority, and however many leased or dead ops come before it.
+TEST(SqliteStorage, OldestPendingAcrossPrioritiesSkipsLeasedAndDead) {
+  auto clock = std::make_shared<VirtualClock>(100.0);
+  auto q = SyncQueue::Open(Fresh("oldest.db"), SqliteOptions{}, Limits{}, clock);
+  for (int i = 0; i < 3; ++i) q->Enqueue(Op());  // t=100, MEDIUM
+  clock->Advance(1);
+  NewOp low = Op();
+  low.priority = 25;
+  q->Enqueue(low);  // t=101: the oldest pending
+  clock->Advance(1);
+  NewOp high = Op();
+  high.priority = 100;
+  q->Enqueue(high);  // t=102
+  EXPECT_EQ(q->Stats().oldest_pending_created_at, std::optional<double>(100.0));
+  auto taken = q->Take(3);  // CRITICAL first, then the two oldest MEDIUM
+  ASSERT_EQ(taken.size(), 3u);
+  q->DeadLetter(taken[1].id, "gone");
+  EXPECT_EQ(q->Stats().oldest_pending_created_at, std::optional<double>(100.0));  // op 3
+  auto rest = q->Take(1);
+  ASSERT_EQ(rest.size(), 1u);
+  EXPECT_EQ(q->Stats().oldest_pending_created_at, std::optional<double>(101.0));
+  q->Close();
+}
+
 TEST(SqliteStorage, ReadOnlyInspectsWhileConsumed) {
   const std::string path = Fresh("ro.db");
   auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);

@@ -177,7 +177,12 @@ struct Statements {
         in_flight(db, "SELECT id, key, priority FROM ops WHERE state=1 ORDER BY id"),
         unlease(db, "UPDATE ops SET state=0 WHERE id=?1"),
         count_in_flight(db, "SELECT count(*) FROM ops WHERE state=1"),
-        oldest(db, "SELECT created_at FROM ops WHERE state=0 ORDER BY id LIMIT 1"),
+        // The oldest pending op of one priority: the end of its run in ops_by_priority
+        // (one seek). Stats() asks once per priority present, so dead letters and leases
+        // ahead of the oldest pending op are never read.
+        oldest(db,
+               "SELECT id, created_at FROM ops INDEXED BY ops_by_priority "
+               "WHERE state=0 AND priority=?1 ORDER BY id LIMIT 1"),
         any_ready(db, "SELECT 1 FROM ready LIMIT 1"),
         first_due(db, "SELECT min(due) FROM waiting"),
         ready_scan(db,
@@ -437,8 +442,15 @@ class SqliteStorage final : public QueueStorage {
     s.pending = c.live_ops - s.in_flight;
     for (const auto& [prio, n] : c.pending_by_prio) s.by_priority[prio] = n;
     {
-      Use q(st().oldest);
-      if (q->Step()) s.oldest_pending_created_at = q->Real(0);
+      int64_t first = std::numeric_limits<int64_t>::max();
+      for (const auto& [prio, n] : c.pending_by_prio) {
+        Use q(st().oldest);
+        q->Bind(1, prio);
+        if (q->Step() && q->Int(0) < first) {
+          first = q->Int(0);
+          s.oldest_pending_created_at = q->Real(1);
+        }
+      }
     }
     {
       Use q(st().first_due);
