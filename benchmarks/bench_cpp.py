@@ -1,10 +1,11 @@
 """The C++ group: Google Benchmark micro-benchmarks of the core's hot paths.
 
 ``benchmarks/cpp/*.cc`` (CMake option ``CPCSYNC_BUILD_BENCHMARKS``) are built in
-``build/bench-cpp`` (Release, no Python module, no tests) the first time a case runs,
-then run once with ``--benchmark_format=json``; each case reads its figures from that
-one run. A benchmark runs ``REPETITIONS`` times: the p50/p99 columns are over the
-repetitions' mean time per iteration, ops/s is iterations over real time.
+``build/bench-cpp`` (RelWithDebInfo: -O2, as the Python module is built; no bindings,
+no tests) the first time a case runs, then run once with ``--benchmark_format=json``;
+each case reads its figures from that one run. A benchmark runs ``REPETITIONS`` times:
+the p50/p99 columns are over the repetitions' mean time per iteration, ops/s is
+iterations over real time.
 
     python benchmarks/bench_cpp.py    # build, run, print the JSON summary
 """
@@ -64,7 +65,7 @@ def build() -> Path:
         str(REPO),
         "-B",
         str(BUILD),
-        "-DCMAKE_BUILD_TYPE=Release",
+        "-DCMAKE_BUILD_TYPE=RelWithDebInfo",
         "-DCPCSYNC_BUILD_PYTHON=OFF",
         "-DCPCSYNC_BUILD_BENCHMARKS=ON",
     ]
@@ -142,7 +143,7 @@ def _context_note(results: dict[str, Measurement]) -> list[str]:
     ctx = doc.get("context", {})
     out = [
         f"- C++ benchmarks: {REPETITIONS} repetitions of >= {MIN_TIME} s each, binary built "
-        "Release; "
+        "RelWithDebInfo (-O2); "
         f"library_build_type {ctx.get('library_build_type', '?')} (Debian's libbenchmark "
         "says debug: that is the library's own build, not the code measured)."
     ]

@@ -377,7 +377,7 @@ each on fresh files in a temporary directory under `build/bench-tmp/` (on the
 repository's disk, not tmpfs: the fsync cost is part of what is measured), and the
 ratios above come from that one run. The scale and soak groups run in worker
 subprocesses (their RSS is their own); the C++ group builds `benchmarks/cpp` in
-`build/bench-cpp` (Release) and runs it once with JSON output.
+`build/bench-cpp` (RelWithDebInfo) and runs it once with JSON output.
 
 - `--quick` divides op counts by 10 (scale: backlogs of 1,000 and 10,000; soak: 100,000
   ops) for a smoke run; its numbers are noisier.
