@@ -8,9 +8,10 @@
 #include <fstream>
 #include <thread>
 
-#include "cpcsync/errors.h"
 #include "counting_vfs.h"
+#include "cpcsync/errors.h"
 #include "cpcsync/sync_queue.h"
+#include "sqlite/checkpointer.h"
 
 namespace cpcsync {
 namespace {
@@ -182,6 +183,38 @@ TEST(SqliteStorage, OldestPendingAcrossPrioritiesSkipsLeasedAndDead) {
   ASSERT_EQ(rest.size(), 1u);
   EXPECT_EQ(q->Stats().oldest_pending_created_at, std::optional<double>(101.0));
   q->Close();
+}
+
+// Commits hand WAL checkpoints to the Checkpointer's thread, and the WAL stays bounded.
+TEST(SqliteCheckpointer, CheckpointsInTheBackgroundAndBoundsTheWal) {
+  const std::string path = Fresh("ckpt.db");
+  sqlite3* db = nullptr;
+  ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
+  ASSERT_EQ(sqlite3_exec(db,
+                         "PRAGMA page_size=2048; PRAGMA journal_mode=WAL; "
+                         "PRAGMA synchronous=OFF; CREATE TABLE t(x BLOB)",
+                         nullptr, nullptr, nullptr),
+            SQLITE_OK);
+  {
+    sqlite::Checkpointer ckpt(path, 5000, "OFF");
+    ckpt.Attach(db);
+    // Each commit appends a few frames: 4,000 commits write several times kFrames.
+    for (int i = 0; i < 4000; ++i) {
+      ASSERT_EQ(
+          sqlite3_exec(db, "INSERT INTO t VALUES(randomblob(600))", nullptr, nullptr, nullptr),
+          SQLITE_OK);
+    }
+    for (int i = 0; i < 500 && ckpt.checkpoints() == 0; ++i) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    EXPECT_GT(ckpt.checkpoints(), 0);
+    sqlite::Checkpointer::Detach(db);
+  }
+  // Whatever the thread managed, the committing connection never let the WAL pass the
+  // inline bound (plus the frames of the commit that crossed it).
+  const auto wal = fs::file_size(path + "-wal");
+  EXPECT_LE(wal, static_cast<uintmax_t>(sqlite::Checkpointer::kInlineFrames + 16) * (2048 + 24));
+  sqlite3_close(db);
 }
 
 TEST(SqliteStorage, ReadOnlyInspectsWhileConsumed) {

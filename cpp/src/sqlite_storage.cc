@@ -14,6 +14,7 @@
 #include "cpcsync/errors.h"
 #include "cpcsync/log.h"
 #include "lane_merge.h"
+#include "sqlite/checkpointer.h"
 #include "sqlite/consumer_lock.h"
 #include "sqlite/db.h"
 #include "sqlite/schema.h"
@@ -526,6 +527,10 @@ class SqliteStorage final : public QueueStorage {
       consumer_.reset();
       is_consumer_.store(false);
     }
+    if (checkpointer_) {
+      sqlite::Checkpointer::Detach(db_.get());
+      checkpointer_.reset();
+    }
     stmts_.reset();
     db_.Close();
   }
@@ -713,6 +718,10 @@ class SqliteStorage final : public QueueStorage {
     }
     db_.Exec("PRAGMA journal_mode=WAL");
     sqlite::Migrate(db_);
+    checkpointer_ = std::make_unique<sqlite::Checkpointer>(
+        path_, options_.busy_timeout_ms,
+        options_.durability == Durability::kOff ? "OFF" : "NORMAL");
+    checkpointer_->Attach(db_.get());
   }
 
   void Configure() {
@@ -1032,6 +1041,7 @@ class SqliteStorage final : public QueueStorage {
   SqliteOptions options_;
   std::mutex db_mu_;  // guards the connection and everything below
   Db db_;
+  std::unique_ptr<sqlite::Checkpointer> checkpointer_;  // read-write handles only
   std::unique_ptr<Statements> stmts_;
   std::optional<Durability> sync_;
   Counters counters_;

@@ -1,0 +1,85 @@
+#include "sqlite/checkpointer.h"
+
+#include <unistd.h>
+
+#include <string>
+#include <utility>
+
+#include "cpcsync/log.h"
+
+namespace cpcsync::sqlite {
+
+Checkpointer::Checkpointer(const std::string& path, int busy_timeout_ms, const char* sync)
+    : owner_(::getpid()) {
+  db_.Open(path, SQLITE_OPEN_READWRITE);
+  sqlite3_busy_timeout(db_.get(), busy_timeout_ms);
+  const std::string pragmas = std::string("PRAGMA cache_size=-256; PRAGMA synchronous=") + sync;
+  db_.Exec(pragmas.c_str());
+  sqlite3_wal_autocheckpoint(db_.get(), 0);  // this connection never commits anyway
+  thread_ = std::thread([this] { Run(); });
+}
+
+Checkpointer::~Checkpointer() {
+  {
+    std::lock_guard lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (::getpid() == owner_) {
+    thread_.join();
+  } else {
+    // A forked child: the thread stayed in the parent. Let go of the handle without
+    // touching it (joining would wait forever, and a joinable std::thread terminates).
+    new std::thread(std::move(thread_));  // NOLINT: deliberately leaked
+  }
+  db_.Close();
+}
+
+void Checkpointer::Attach(sqlite3* db) { sqlite3_wal_hook(db, &Checkpointer::Hook, this); }
+
+void Checkpointer::Detach(sqlite3* db) { sqlite3_wal_autocheckpoint(db, kFrames); }
+
+int Checkpointer::checkpoints() const {
+  std::lock_guard lock(mu_);
+  return checkpoints_;
+}
+
+int Checkpointer::Hook(void* self, sqlite3* db, const char* name, int frames) {
+  if (frames >= kInlineFrames) {
+    // The thread has not kept up: checkpoint here, as SQLite's own hook would.
+    sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+  } else if (frames >= kFrames) {
+    static_cast<Checkpointer*>(self)->Wake();
+  }
+  return SQLITE_OK;
+}
+
+void Checkpointer::Wake() {
+  {
+    std::lock_guard lock(mu_);
+    if (wanted_) return;
+    wanted_ = true;
+  }
+  cv_.notify_one();
+}
+
+void Checkpointer::Run() {
+  std::unique_lock lock(mu_);
+  while (true) {
+    cv_.wait(lock, [this] { return wanted_ || stop_; });
+    if (stop_) return;
+    wanted_ = false;
+    lock.unlock();
+    int log = 0, done = 0;
+    const int rc =
+        sqlite3_wal_checkpoint_v2(db_.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
+    if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
+      Log().warn("background checkpoint failed: {} (SQLite code {})", sqlite3_errmsg(db_.get()),
+                 rc);
+    }
+    lock.lock();
+    ++checkpoints_;
+  }
+}
+
+}  // namespace cpcsync::sqlite
