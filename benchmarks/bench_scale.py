@@ -82,11 +82,13 @@ FINDINGS = """\
   inside the commit that takes it past 1,000 frames; on a large file the pages copied are
   scattered (a keyed enqueue dirties its own lane's index leaves), so that commit's cost
   grew with the backlog: enqueue at "normal" 43.8 µs per op at 10,000 and 71.9 µs at
-  1,000,000 (1.64x; p99 259 -> 384 µs), take+ack p99 1.8-3.0 ms. Checkpoints now run on
-  a thread of their own (`cpp/src/sqlite/checkpointer.h`, PASSIVE, woken by a wal_hook):
-  47.8 and 50.6 µs (1.06x), enqueue p99 ~140 µs and take+ack p99 ~230 µs at every size.
-  The price, on 2 cores: the p50 of an enqueue at 10,000 rose from 25 to 36 µs, as the
-  checkpoint's work now overlaps ordinary commits instead of landing on one of them.
+  1,000,000 (1.64x; p99 259 and 384 µs), take+ack 77.8 and 106 µs (p99 1.8-3.0 ms).
+  Checkpoints now run on a thread of their own (`cpp/src/sqlite/checkpointer.h`: a
+  wal_hook wakes it every 1,000 new frames, it runs a PASSIVE checkpoint; the committing
+  thread finishes the job only when the WAL reaches 8,000 frames): enqueue 35.8 and
+  39.8 µs (1.11x; p99 ~115 µs), take+ack 66.3 and 84.5 µs (p99 ~0.28 ms). The price,
+  on 2 cores: an enqueue's p50 at 10,000 rose from 25 to 30 µs, as checkpoint work now
+  overlaps ordinary commits instead of landing on one of them.
 - *Limits of this disk.* An enqueue at "full" is one commit with one fdatasync: its cost
   is the disk's (the reference row measures write+fdatasync in the same rounds), at
   every backlog size.

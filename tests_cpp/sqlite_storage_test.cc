@@ -198,11 +198,13 @@ TEST(SqliteCheckpointer, CheckpointsInTheBackgroundAndBoundsTheWal) {
   {
     sqlite::Checkpointer ckpt(path, 5000, "OFF");
     ckpt.Attach(db);
-    // Each commit appends a few frames: 4,000 commits write several times kFrames.
+    // Each commit appends a few frames: 4,000 commits write several times kInlineFrames.
     for (int i = 0; i < 4000; ++i) {
       ASSERT_EQ(
           sqlite3_exec(db, "INSERT INTO t VALUES(randomblob(600))", nullptr, nullptr, nullptr),
-          SQLITE_OK);
+          SQLITE_OK)
+          << "commit " << i << ": " << sqlite3_errmsg(db);
+      ckpt.AfterCommit(db);
     }
     for (int i = 0; i < 500 && ckpt.checkpoints() == 0; ++i) {
       std::this_thread::sleep_for(std::chrono::milliseconds(10));

@@ -579,6 +579,7 @@ class SqliteStorage final : public QueueStorage {
       }
       Use(s_.st().commit)->Run();
       done_ = true;
+      if (s_.checkpointer_) s_.checkpointer_->AfterCommit(s_.db_.get());
     }
     ~Txn() {
       if (!done_) sqlite3_exec(s_.db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);

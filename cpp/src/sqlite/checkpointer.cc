@@ -45,13 +45,21 @@ int Checkpointer::checkpoints() const {
 }
 
 int Checkpointer::Hook(void* self, sqlite3* db, const char* name, int frames) {
-  if (frames >= kInlineFrames) {
-    // The thread has not kept up: checkpoint here, as SQLite's own hook would.
-    sqlite3_wal_checkpoint_v2(db, name, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-  } else if (frames >= kFrames) {
-    static_cast<Checkpointer*>(self)->Wake();
+  auto* c = static_cast<Checkpointer*>(self);
+  if (frames < c->frames_) c->next_wake_ = kFrames;  // the WAL restarted
+  c->frames_ = frames;
+  if (frames >= c->next_wake_) {
+    c->next_wake_ = frames + kFrames;
+    c->Wake();
   }
   return SQLITE_OK;
+}
+
+void Checkpointer::AfterCommit(sqlite3* db) {
+  if (frames_ < kInlineFrames) return;
+  // Done or not (BUSY: the thread holds the checkpoint lock), the next commit's hook
+  // says where the WAL is: restarted (fewer frames) or still long (try again).
+  sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
 }
 
 void Checkpointer::Wake() {

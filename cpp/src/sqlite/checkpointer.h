@@ -7,11 +7,14 @@
 // more per op at 10,000,000 pending ops than at 10,000, all of it in those commits).
 //
 // Attach() replaces the automatic checkpoint of a read-write connection with a
-// wal_hook that wakes this thread (its own connection to the same file) once the WAL
-// holds kFrames; the thread runs a PASSIVE checkpoint, which never blocks readers or
-// writers. If the WAL still reaches kInlineFrames (the thread is starved, or readers
-// pin old frames), the committing connection checkpoints inline, as SQLite would, so
-// the WAL stays bounded whatever happens.
+// wal_hook that wakes this thread (its own connection to the same file) each time the
+// WAL has grown by kFrames; the thread runs a PASSIVE checkpoint, which never blocks
+// readers or writers. The WAL restarts from its beginning only when a writer finds it
+// fully checkpointed, which rarely happens while commits keep coming; so once it holds
+// kInlineFrames, AfterCommit() checkpoints on the committing thread (what is left
+// after the thread's work: a fraction of an automatic checkpoint), and the WAL stays
+// bounded whatever happens. The hook itself never checkpoints: an error there would
+// be reported by the COMMIT that had already succeeded.
 #pragma once
 
 #include <sqlite3.h>
@@ -42,9 +45,14 @@ class Checkpointer {
   Checkpointer& operator=(const Checkpointer&) = delete;
 
   // Installs the wal_hook on `db`, a connection to the same file. Call Detach(db)
-  // before destroying this object if `db` outlives it.
+  // before destroying this object if `db` outlives it. Calls for `db` (its commits,
+  // AfterCommit) must not run concurrently: the storage serialises them.
   void Attach(sqlite3* db);
   static void Detach(sqlite3* db);
+  // After a write transaction of `db` committed: checkpoints inline if the WAL has
+  // reached kInlineFrames (errors, e.g. SQLITE_BUSY while the thread checkpoints, are
+  // ignored: the next commit tries again).
+  void AfterCommit(sqlite3* db);
 
   int checkpoints() const;  // completed background checkpoints (for tests)
 
@@ -55,6 +63,8 @@ class Checkpointer {
 
   Db db_;
   const pid_t owner_;
+  int frames_ = 0;           // the WAL's size at the last commit (committing thread)
+  int next_wake_ = kFrames;  // wake the thread when frames_ reaches this (likewise)
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool wanted_ = false;  // guarded by mu_
