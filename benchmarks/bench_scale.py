@@ -88,7 +88,13 @@ FINDINGS = """\
   thread finishes the job only when the WAL reaches 8,000 frames): enqueue 35.8 and
   39.8 µs (1.11x; p99 ~115 µs), take+ack 66.3 and 84.5 µs (p99 ~0.28 ms). The price,
   on 2 cores: an enqueue's p50 at 10,000 rose from 25 to 30 µs, as checkpoint work now
-  overlaps ordinary commits instead of landing on one of them.
+  overlaps ordinary commits instead of landing on one of them. Handles at "full" keep
+  SQLite's own checkpoint: there every commit waits for an fdatasync, and a checkpoint
+  syncing beside it slowed those (enqueue "full" 1.29-1.43x of the raw SQLite ceiling
+  with the thread, 1.04-1.11x without), while their cost does not grow with the backlog
+  anyway (the "full" rows below). So the "full" rows here show the backlog's effect
+  with the inline checkpoint, the "normal" rows with the thread (take+ack included: a
+  handle's commits all go through the same connection).
 - *Limits of this disk.* An enqueue at "full" is one commit with one fdatasync: its cost
   is the disk's (the reference row measures write+fdatasync in the same rounds), at
   every backlog size.

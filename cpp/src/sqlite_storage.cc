@@ -719,10 +719,15 @@ class SqliteStorage final : public QueueStorage {
     }
     db_.Exec("PRAGMA journal_mode=WAL");
     sqlite::Migrate(db_);
-    checkpointer_ = std::make_unique<sqlite::Checkpointer>(
-        path_, options_.busy_timeout_ms,
-        options_.durability == Durability::kOff ? "OFF" : "NORMAL");
-    checkpointer_->Attach(db_.get());
+    // At "full" every commit waits for an fdatasync, and a checkpoint running beside it
+    // slows that sync more than an inline one costs (enqueue "full" measured 1.04-1.11x
+    // of the raw SQLite ceiling without it, 1.29-1.43x with it): keep SQLite's own.
+    if (options_.durability != Durability::kFull) {
+      checkpointer_ = std::make_unique<sqlite::Checkpointer>(
+          path_, options_.busy_timeout_ms,
+          options_.durability == Durability::kOff ? "OFF" : "NORMAL");
+      checkpointer_->Attach(db_.get());
+    }
   }
 
   void Configure() {
