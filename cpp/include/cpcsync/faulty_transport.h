@@ -81,6 +81,7 @@ struct FaultyTransportOptions {
   std::optional<uint64_t> seed;  // none: from std::random_device
   double latency = 0.0;          // seconds (>= 0)
   double jitter = 0.0;           // seconds (>= 0), uniform on top of latency
+  double timeout = 10.0;         // seconds a kTimeout fault without its own delay waits
 };
 
 class FaultyTransport final : public Transport {
