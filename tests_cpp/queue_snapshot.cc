@@ -70,6 +70,11 @@ std::string IntegrityCheck(const std::string& path) {
   return out;
 }
 
+std::vector<std::string> Query(const std::string& path, const std::string& sql) {
+  Conn conn = OpenConn(path);
+  return Rows(conn.get(), sql);
+}
+
 std::string Describe(const QueueSnapshot& s) {
   std::string out = "user_version " + std::to_string(s.user_version) + "\n";
   auto add = [&](const char* what, const std::vector<std::string>& rows) {

@@ -23,4 +23,7 @@ std::string IntegrityCheck(const std::string& path);
 
 std::string Describe(const QueueSnapshot& s);
 
+// The rows `sql` returns from the file at `path`, each as "col|col|..." (NULL as "∅").
+std::vector<std::string> Query(const std::string& path, const std::string& sql);
+
 }  // namespace cpcsync::testing
