@@ -46,7 +46,7 @@ SyncEngine::SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transpo
   if (options_.max_elapsed && !(*options_.max_elapsed > 0)) ThrowInvalid("max_elapsed must be > 0");
   if (options_.concurrency < 1) ThrowInvalid("concurrency must be >= 1");
   if (options_.batch_size < 1) ThrowInvalid("batch_size must be >= 1");
-  clock_ = clock ? std::move(clock) : queue_->clock();
+  clock_ = clock ? std::move(clock) : std::shared_ptr<Clock>(queue_->clock());
   if (!backoff_) backoff_ = std::make_shared<ExponentialBackoff>(0.1, 2.0, 60.0, Jitter::kFull);
   if (!resolver_) resolver_ = std::make_shared<LastWriteWins>();
   idle_ = Waiter::Create(clock_);
@@ -102,7 +102,7 @@ void SyncEngine::On(const std::string& event, Listener listener) {
   events_->listeners[event].push_back(std::move(listener));
 }
 
-void SyncEngine::Emit(EngineEvent event) { events_->Emit(event); }
+void SyncEngine::Emit(const EngineEvent& event) { events_->Emit(event); }
 
 void SyncEngine::EventHub::Emit(const EngineEvent& event) {
   std::vector<Listener> targets;

@@ -63,15 +63,7 @@ constexpr std::array<const char*, kSchemaVersion> kMigrations = {
 }
 
 [[noreturn]] void OsError(const std::string& path, const std::string& what) {
-  const int err = errno;
-  try {
-    throw SyncError(ErrorCode::kOs, std::strerror(err), err);
-  } catch (...) {
-    std::throw_with_nested(SyncError(ErrorCode::kStorage,
-                                     "cannot " + what + " queue file '" + path + "': " +
-                                         std::strerror(err),
-                                     err));
-  }
+  ThrowErrno("cannot " + what + " queue file '" + path + "'");
 }
 
 uint32_t BigEndian32(const unsigned char* p) {
