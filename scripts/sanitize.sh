@@ -72,7 +72,7 @@ fi
 
 if wants cppcheck; then
   step "cppcheck on cpp/"
-  cppcheck --project=build/py/compile_commands.json --file-filter="$PWD/cpp/*" \
+  cppcheck --project=build/py/compile_commands.json --file-filter='cpp/*' \
     --enable=warning,performance,portability --inline-suppr --error-exitcode=1 -q -j "$JOBS" \
     --suppress=missingIncludeSystem
 fi
