@@ -298,7 +298,7 @@ expires into the dead letters. delay: seconds before it may be delivered.)doc")
           [](SyncQueue& q, int64_t id, py::handle delay, std::optional<std::string> error) {
             const double d = StrictSeconds(delay, "delay");
             MaybeRelease release(q);
-            q.Retry(id, d, std::move(error));
+            q.Retry(id, d, error);
           },
           py::arg("op_id"), py::arg("delay") = 0.0, py::arg("error") = py::none(),
           "Failed for now: the in-flight op is pending again, due after `delay` seconds.")

@@ -161,7 +161,7 @@ void SyncEngine::Bury(const Operation& op, const std::string& reason,
   e.name = "dead_letter";
   e.op = op;
   e.error = reason;
-  Emit(std::move(e));
+  Emit(e);
 }
 
 void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::string& error,
@@ -189,7 +189,7 @@ void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::strin
   e.op = op;
   e.delay = delay;
   e.error = error;
-  Emit(std::move(e));
+  Emit(e);
 }
 
 void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary) {
@@ -214,7 +214,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       EngineEvent e;
       e.name = "delivered";
       e.op = op;
-      Emit(std::move(e));
+      Emit(e);
       return;
     }
     case Kind::kNetwork:
@@ -240,7 +240,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       conflict.name = "conflict";
       conflict.op = op;
       conflict.remote = r.remote;
-      Emit(std::move(conflict));
+      Emit(conflict);
       const Resolution decision = resolver_->Resolve(op, r.remote);
       if (decision.kind == Resolution::kUseRemote) {
         queue_->Ack(op.id);  // completed: the server's value stands
@@ -254,7 +254,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
         e.name = "superseded";
         e.op = op;
         e.remote = r.remote;
-        Emit(std::move(e));
+        Emit(e);
         return;
       }
       std::optional<std::string> payload;

@@ -82,7 +82,7 @@ class QueueStorage {
   // SyncError(kQueueLocked) if another handle is; otherwise makes every in-flight
   // op pending again (its consumer is gone) and calls `wake` from another thread
   // whenever another process stores an op.
-  virtual void AcquireConsumer(double /*now*/, std::function<void()> /*wake*/) {}
+  virtual void AcquireConsumer(double /*now*/, const std::function<void()>& /*wake*/) {}
   // Highest HLC ever stored (0 when empty).
   virtual uint64_t MaxHlc() = 0;
   virtual void Close() = 0;
