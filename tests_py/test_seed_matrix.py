@@ -21,8 +21,6 @@ import itertools
 import json
 import os
 import random
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -406,22 +404,10 @@ def test_operation_failing_permanently_is_dead_lettered_at_once(
     assert events.of("retry") == []
 
 
-_CHILD = Path(__file__).with_name("_storage_child.py")
-
-
 def _run_storage_child(mode: str, path: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(_CHILD), mode, str(path)],
-        capture_output=True,  # pipes: RLIMIT_FSIZE does not apply to them
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"child printed nothing; stderr:\n{proc.stderr}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    from _storage_child import run_child  # the child script; tests_py/ is on sys.path
+
+    return run_child(mode, path)
 
 
 def test_storage_failure_queue_recovers_when_storage_restored(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ class PyRef {
 // callable (op) -> None, sync or async, optionally with send_batch) wrapped so the
 // engine can call it; async ones run on `loop` (None: a loop the wrapper owns).
 // TypeError for anything else. Needs the GIL.
-std::shared_ptr<Transport> TransportFromPython(py::handle transport, py::object loop);
+std::shared_ptr<Transport> TransportFromPython(py::handle transport, const py::object& loop);
 
 // A DeliveryResult as the arguments of cpcsync._engine.raise_result:
 // (kind, error, retry_after, remote value, remote hlc, remote version). Needs the GIL.

@@ -119,12 +119,15 @@ class CallableResolver final : public ConflictResolver {
   explicit CallableResolver(py::object fn) : fn_(std::move(fn)) {}  // called with the GIL
   ~CallableResolver() override {
     // The last owner may be a C++ thread without the GIL.
-    if (Py_IsInitialized()) {
-      py::gil_scoped_acquire gil;
-      fn_ = py::object();
-    } else {
-      fn_.release();
+    try {
+      if (Py_IsInitialized()) {
+        py::gil_scoped_acquire gil;
+        fn_ = py::object();
+        return;
+      }
+    } catch (...) {  // the GIL could not be taken: leak the callable, never throw here
     }
+    fn_.release();
   }
 
   Resolution Resolve(const Operation& local, const Remote& remote) override {

@@ -26,7 +26,7 @@ DeliveryResult FromException(const py::object& support, const py::object& exc) {
 // no lock while it runs.
 class PyTransport final : public Transport {
  public:
-  PyTransport(py::object transport, py::object loop)
+  PyTransport(const py::object& transport, const py::object& loop)
       : support_(py::module_::import("cpcsync._engine")),
         transport_(transport),
         runner_(support_.get().attr("LoopRunner")(loop)),
@@ -39,11 +39,14 @@ class PyTransport final : public Transport {
   }
   ~PyTransport() override {
     if (!Py_IsInitialized()) return;
-    py::gil_scoped_acquire gil;
     try {
-      runner_.get().attr("close")();
-    } catch (py::error_already_set& e) {
-      e.discard_as_unraisable("cpcsync transport loop close");
+      py::gil_scoped_acquire gil;
+      try {
+        runner_.get().attr("close")();
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("cpcsync transport loop close");
+      }
+    } catch (...) {  // the GIL could not be taken: nothing to close with, and no throwing here
     }
   }
 
@@ -104,14 +107,17 @@ PyRef::~PyRef() {
     (void)obj_.release();  // NOLINT: the interpreter is gone; nothing may touch it
     return;
   }
-  py::gil_scoped_acquire gil;
-  obj_.reset();
+  try {
+    py::gil_scoped_acquire gil;
+    obj_.reset();
+  } catch (...) {          // the GIL could not be taken: leak the object, never throw here
+    (void)obj_.release();  // NOLINT: without the GIL it must not be touched
+  }
 }
 
-std::shared_ptr<Transport> TransportFromPython(py::handle transport, py::object loop) {
+std::shared_ptr<Transport> TransportFromPython(py::handle transport, const py::object& loop) {
   if (py::isinstance<Transport>(transport)) return transport.cast<std::shared_ptr<Transport>>();
-  return std::make_shared<PyTransport>(py::reinterpret_borrow<py::object>(transport),
-                                       std::move(loop));
+  return std::make_shared<PyTransport>(py::reinterpret_borrow<py::object>(transport), loop);
 }
 
 py::object RaiseArgs(const DeliveryResult& r) {

@@ -257,7 +257,7 @@ std::vector<DeliveryResult> FaultyTransport::SendBatch(const std::vector<Operati
   return out;
 }
 
-void FaultyTransport::FailNext(int n, Fault fault) {
+void FaultyTransport::FailNext(int n, const Fault& fault) {
   if (n < 0) ThrowInvalid("fail_next: n must be >= 0");
   CheckFault(fault);
   std::lock_guard lock(mu_);

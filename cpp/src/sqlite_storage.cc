@@ -414,11 +414,11 @@ class SqliteStorage final : public QueueStorage {
     return ReadCountersNow().max_hlc;
   }
 
-  void AcquireConsumer(double now, std::function<void()> wake) override {
+  void AcquireConsumer(double now, const std::function<void()>& wake) override {
     std::lock_guard lock(db_mu_);
     if (consumer_) return;
     RequireWritable("consume");
-    auto lock_holder = std::make_unique<sqlite::ConsumerLock>(notify_name_, std::move(wake));
+    auto lock_holder = std::make_unique<sqlite::ConsumerLock>(notify_name_, wake);
     Txn txn(*this, Durability::kNormal);
     const int64_t n = ResetInFlightLocked(now);
     txn.Commit();

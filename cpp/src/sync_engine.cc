@@ -46,7 +46,7 @@ SyncEngine::SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transpo
   if (options_.max_elapsed && !(*options_.max_elapsed > 0)) ThrowInvalid("max_elapsed must be > 0");
   if (options_.concurrency < 1) ThrowInvalid("concurrency must be >= 1");
   if (options_.batch_size < 1) ThrowInvalid("batch_size must be >= 1");
-  clock_ = clock ? std::move(clock) : queue_->clock();
+  clock_ = clock ? std::move(clock) : std::shared_ptr<Clock>(queue_->clock());
   if (!backoff_) backoff_ = std::make_shared<ExponentialBackoff>(0.1, 2.0, 60.0, Jitter::kFull);
   if (!resolver_) resolver_ = std::make_shared<LastWriteWins>();
   idle_ = Waiter::Create(clock_);
@@ -102,7 +102,7 @@ void SyncEngine::On(const std::string& event, Listener listener) {
   events_->listeners[event].push_back(std::move(listener));
 }
 
-void SyncEngine::Emit(EngineEvent event) { events_->Emit(event); }
+void SyncEngine::Emit(const EngineEvent& event) { events_->Emit(event); }
 
 void SyncEngine::EventHub::Emit(const EngineEvent& event) {
   std::vector<Listener> targets;
@@ -161,7 +161,7 @@ void SyncEngine::Bury(const Operation& op, const std::string& reason,
   e.name = "dead_letter";
   e.op = op;
   e.error = reason;
-  Emit(std::move(e));
+  Emit(e);
 }
 
 void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::string& error,
@@ -189,7 +189,7 @@ void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::strin
   e.op = op;
   e.delay = delay;
   e.error = error;
-  Emit(std::move(e));
+  Emit(e);
 }
 
 void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary) {
@@ -214,7 +214,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       EngineEvent e;
       e.name = "delivered";
       e.op = op;
-      Emit(std::move(e));
+      Emit(e);
       return;
     }
     case Kind::kNetwork:
@@ -240,7 +240,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       conflict.name = "conflict";
       conflict.op = op;
       conflict.remote = r.remote;
-      Emit(std::move(conflict));
+      Emit(conflict);
       const Resolution decision = resolver_->Resolve(op, r.remote);
       if (decision.kind == Resolution::kUseRemote) {
         queue_->Ack(op.id);  // completed: the server's value stands
@@ -254,7 +254,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
         e.name = "superseded";
         e.op = op;
         e.remote = r.remote;
-        Emit(std::move(e));
+        Emit(e);
         return;
       }
       std::optional<std::string> payload;

@@ -111,7 +111,7 @@ void SyncQueue::Ack(int64_t id) {
   waiter_->Notify();
 }
 
-void SyncQueue::Retry(int64_t id, double delay, std::optional<std::string> error) {
+void SyncQueue::Retry(int64_t id, double delay, const std::optional<std::string>& error) {
   if (!std::isfinite(delay) || delay < 0) ThrowInvalid("delay must be a finite number >= 0");
   auto guard = Guard();
   EnsureConsumer();

@@ -97,7 +97,7 @@ class FaultyTransport final : public Transport {
   std::vector<DeliveryResult> SendBatch(const std::vector<Operation>& ops) override;
 
   // The next n calls fail with `fault` (queued after faults already queued).
-  void FailNext(int n, Fault fault);
+  void FailNext(int n, const Fault& fault);
   // Calls starting within the next `seconds` on the clock fail with `fault`.
   void FailFor(double seconds, Fault fault);
   // Manual partition: while on, every call fails at once ("partitioned").

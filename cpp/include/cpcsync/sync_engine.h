@@ -137,7 +137,7 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   void Bury(const Operation& op, const std::string& reason, ProcessingSummary& summary);
   std::shared_ptr<BackoffStrategy> BackoffFor(int64_t id);
   void Forget(int64_t id);
-  void Emit(EngineEvent event);
+  void Emit(const EngineEvent& event);
   // Puts back (pending, due now) the ops whose outcome could not be written (a
   // storage failure left them leased to us); true when none is left over.
   bool ReleaseLeftovers();

@@ -42,7 +42,7 @@ class SyncQueue {
   // Consumer calls (the first one makes this handle the consumer).
   std::vector<Operation> Take(size_t n);
   void Ack(int64_t id);
-  void Retry(int64_t id, double delay, std::optional<std::string> error);
+  void Retry(int64_t id, double delay, const std::optional<std::string>& error);
   void DeadLetter(int64_t id, const std::string& reason);
   std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids);
   int64_t PurgeDead();

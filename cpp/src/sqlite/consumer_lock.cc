@@ -112,7 +112,7 @@ ConsumerLock::~ConsumerLock() {
   }
   const uint64_t one = 1;
   if (::write(stop_fd_, &one, sizeof(one)) < 0) {
-    Log().error("consumer lock: cannot signal listener: {}", std::strerror(errno));
+    Log().error("consumer lock: cannot signal listener: {}", ErrnoMessage(errno));
   }
   if (listener_.joinable()) listener_.join();
   ::close(stop_fd_);
@@ -126,7 +126,7 @@ void ConsumerLock::Listen() {
     const int rc = ::poll(fds, 2, -1);
     if (rc < 0) {
       if (errno == EINTR) continue;
-      Log().error("consumer lock: poll failed: {}", std::strerror(errno));
+      Log().error("consumer lock: poll failed: {}", ErrnoMessage(errno));
       return;
     }
     if (fds[1].revents) return;
