@@ -11,6 +11,7 @@
 
 #include <cerrno>
 #include <mutex>
+#include <new>
 #include <set>
 #include <cstring>
 
@@ -107,7 +108,10 @@ ConsumerLock::~ConsumerLock() {
     registry.locks.erase(this);
   }
   if (forked_) {
-    listener_.detach();
+    // The listener is the parent's thread: pthread_detach() of it fails here (ESRCH,
+    // which std::thread turns into an exception, and a destructor into abort()).
+    // Forget the handle without touching the thread.
+    new (&listener_) std::thread();
     return;
   }
   const uint64_t one = 1;
