@@ -490,6 +490,7 @@ class SqliteStorage final : public QueueStorage {
   class Txn {
    public:
     Txn(SqliteStorage& s, Durability sync) : s_(s) {
+      s_.RequireFileInPlace();
       s_.SetSync(sync);
       Use(s_.st().begin_immediate)->Run();
       try {
@@ -660,6 +661,20 @@ class SqliteStorage final : public QueueStorage {
     if (options_.read_only) {
       throw SyncError(ErrorCode::kInvalidArgument,
                       std::string(what) + ": the queue was opened read_only");
+    }
+  }
+
+  // Writing to a file that was deleted, moved or replaced while open would "commit"
+  // into an inode nobody will ever open again: refuse instead (one stat() per write
+  // transaction, SQLite's SQLITE_FCNTL_HAS_MOVED).
+  void RequireFileInPlace() {
+    int moved = 0;
+    if (sqlite3_file_control(db_.get(), "main", SQLITE_FCNTL_HAS_MOVED, &moved) == SQLITE_OK &&
+        moved != 0) {
+      throw SyncError(ErrorCode::kStorage,
+                      "queue file '" + path_ +
+                          "' was deleted, moved or replaced while open; nothing was written "
+                          "(close this handle and open the queue again)");
     }
   }
 

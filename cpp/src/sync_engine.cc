@@ -15,6 +15,9 @@ namespace {
 
 constexpr double kForever = std::numeric_limits<double>::infinity();
 constexpr size_t kLatencySamples = 4096;
+// Seconds before an op is tried again when a user callback of the engine itself (the
+// resolver, the backoff) failed on it.
+constexpr double kBrokenCallbackRetryDelay = 1.0;
 
 // The engine whose Deliver() runs on this thread, and how many of its ops it has in
 // flight: Stop() called from a listener does not wait for its own caller's ops.
@@ -357,10 +360,24 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
     try {
       Apply(ops[i], results[i], summary);
     } catch (const std::exception& e) {
-      // The queue refused (closed, storage failure) or the resolver threw: put the
-      // op back; if even that cannot be written, it stays leased and is put back
-      // once storage accepts writes again (ReleaseLeftovers); never lose the worker.
       Log().error("sync engine: op {}: {}", ops[i].id, e.what());
+      // A user callback broke (the resolver raised or returned the wrong type, the
+      // backoff returned a bad delay): a failed attempt of that op, retried after a
+      // fixed delay (the backoff may be what broke) and dead-lettered after
+      // max_attempts like any failure, never resent in a tight loop.
+      const auto* sync_error = dynamic_cast<const SyncError*>(&e);
+      if (sync_error == nullptr || sync_error->code() == ErrorCode::kInvalidArgument) {
+        try {
+          RetryOrBury(ops[i], kBrokenCallbackRetryDelay, std::string("engine: ") + e.what(),
+                      summary);
+          continue;
+        } catch (const std::exception&) {
+          // the queue refused that too: put it back as below
+        }
+      }
+      // The queue refused (closed, storage failure): put the op back; if even that
+      // cannot be written, it stays leased and is put back once storage accepts
+      // writes again (ReleaseLeftovers); never lose the worker.
       try {
         queue_->Retry(ops[i].id, 0.0, std::string("engine: ") + e.what());
       } catch (const std::exception&) {
