@@ -1,8 +1,8 @@
 // cpcsync.SyncEngine, cpcsync.ProcessingSummary, and Python transports.
 #include <pybind11/functional.h>
+#include <pybind11/stl.h>
 
 #include <optional>
-#include <pybind11/stl.h>
 
 #include "bindings.h"
 #include "cpcsync/errors.h"

@@ -162,9 +162,9 @@ class Bridge {
 
 Bridge& TheBridge() {
   static Bridge bridge;
-  static const int registered = pthread_atfork([] { TheBridge().BeforeFork(); },
-                                               [] { TheBridge().AfterForkParent(); },
-                                               [] { TheBridge().AfterForkChild(); });
+  static const int registered =
+      pthread_atfork([] { TheBridge().BeforeFork(); }, [] { TheBridge().AfterForkParent(); },
+                     [] { TheBridge().AfterForkChild(); });
   (void)registered;
   return bridge;
 }

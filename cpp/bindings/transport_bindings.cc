@@ -105,17 +105,15 @@ class PyTransport final : public Transport {
       if (CallerScope::IsInterrupt(e)) {
         const std::string text = support_.get().attr("describe")(e.value()).cast<std::string>();
         if (CallerScope::Stash(e)) {
-          DeliveryResult r = DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
-                                                    "interrupted: " + text);
+          DeliveryResult r =
+              DeliveryResult::Failed(DeliveryResult::Kind::kTransient, "interrupted: " + text);
           r.interrupted = true;
           return r;
         }
-        py::module_::import("logging")
-            .attr("getLogger")("cpcsync")
-            .attr("warning")(
-                "the transport raised %s (%s) on an engine worker thread; retrying it like "
-                "any other error (stop the engine with engine.stop())",
-                text, what);
+        py::module_::import("logging").attr("getLogger")("cpcsync").attr("warning")(
+            "the transport raised %s (%s) on an engine worker thread; retrying it like "
+            "any other error (stop the engine with engine.stop())",
+            text, what);
       }
       return FromException(support_.get(), e.value());
     } catch (py::error_already_set& again) {  // describing it raised (a broken __str__)

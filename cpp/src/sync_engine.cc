@@ -339,8 +339,8 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
     } else {
       for (const auto& op : ops) {
         if (!results.empty() && results.back().interrupted) {
-          DeliveryResult not_sent = DeliveryResult::Failed(
-              DeliveryResult::Kind::kTransient, "not sent: the call was interrupted");
+          DeliveryResult not_sent = DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
+                                                           "not sent: the call was interrupted");
           not_sent.interrupted = true;
           results.push_back(std::move(not_sent));
           continue;

@@ -215,8 +215,8 @@ void SyncQueue::Close() {
     // A forked child's copy: closing the SQLite connection or waking the waiter here
     // could disturb the parent (or wait for its threads). Abandon both.
     if (!closed_.exchange(true)) {
-      (void)storage_.release();                 // NOLINT: deliberate leak
-      new std::shared_ptr<Waiter>(waiter_);     // NOLINT: deliberate leak
+      (void)storage_.release();              // NOLINT: deliberate leak
+      new std::shared_ptr<Waiter>(waiter_);  // NOLINT: deliberate leak
     }
     return;
   }

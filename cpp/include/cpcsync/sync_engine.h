@@ -25,6 +25,8 @@
 // workers keep their engine alive until Stop().
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -36,8 +38,6 @@
 #include <string>
 #include <thread>
 #include <vector>
-
-#include <sys/types.h>
 
 #include "cpcsync/backoff.h"
 #include "cpcsync/conflict.h"

@@ -1,19 +1,18 @@
 #include "sqlite/consumer_lock.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <pthread.h>
-
 #include <cerrno>
+#include <cstring>
 #include <mutex>
 #include <new>
 #include <set>
-#include <cstring>
 
 #include "cpcsync/errors.h"
 #include "cpcsync/log.h"
