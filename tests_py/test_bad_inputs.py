@@ -551,6 +551,38 @@ def c_async_transport_raising(w: World, caplog: Any) -> None:
     assert [i for i, _ in summary.failed] == [target]
 
 
+@case("transport", "async: KeyboardInterrupt raised again by process_once; the loop survives")
+def c_async_transport_raising_keyboard_interrupt(w: World, caplog: Any) -> None:
+    calls: list[int] = []
+
+    async def transport(op: cs.Operation) -> None:
+        calls.append(op.id)
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # asyncio would let this stop the engine's loop
+        w.record(op)
+
+    engine = w.engine(transport)
+    with pytest.raises(KeyboardInterrupt):
+        engine.process_once()
+    assert engine.process_once().successful == 1  # the same loop still runs coroutines
+
+
+@case("transport", "async, worker: SystemExit logged, retried; the engine goes on")
+def c_async_transport_raising_system_exit_on_a_worker(w: World, caplog: Any) -> None:
+    caplog.set_level(logging.WARNING, logger="cpcsync")
+    calls: list[int] = []
+
+    async def transport(op: cs.Operation) -> None:
+        calls.append(op.id)
+        if len(calls) == 1:
+            raise SystemExit(2)
+        w.record(op)
+
+    w.engine(transport).start()
+    w.wait_delivered(set(w.seeds))
+    assert any("SystemExit" in r.getMessage() for r in caplog.records if r.name == "cpcsync")
+
+
 # --------------------------------------------------------------------------
 # resolvers and backoffs that break
 

@@ -20,6 +20,18 @@ from cpcsync import errors
 DELIVERED, TRANSIENT, NETWORK, RETRY_AFTER, PERMANENT, CONFLICT = range(6)
 
 
+async def _carry(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """(True, result), or (False, exc) for a BaseException that would stop the loop."""
+    try:
+        return True, await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit, ...
+        return False, exc
+
+
 class LoopRunner:
     """Runs coroutines of async transports: on the user's loop, or on one it owns."""
 
@@ -43,8 +55,15 @@ class LoopRunner:
             return self._own
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run `coro` to completion from a worker thread and return its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self._target()).result()
+        """Run `coro` to completion from a worker thread and return its result.
+
+        A KeyboardInterrupt or SystemExit raised by the coroutine is carried back and
+        raised here, in the calling thread: left alone it would stop the event loop
+        itself (asyncio lets those through), and this call would wait forever."""
+        ok, value = asyncio.run_coroutine_threadsafe(_carry(coro), self._target()).result()
+        if not ok:
+            raise value
+        return value
 
     def close(self) -> None:
         """Stop the loop this runner owns (not the user's)."""
