@@ -40,9 +40,14 @@ Resolution ResolutionFromPython(py::handle result, py::handle source) {
 // fn propagates as error_already_set, which carries the original Python exception.
 Resolution CallPython(const py::object& fn, py::handle source, const Operation& local,
                       const Remote& remote) {
-  py::object result = fn(py::cast(local, py::return_value_policy::copy),
-                         py::cast(remote, py::return_value_policy::copy));
-  return ResolutionFromPython(result, source);
+  try {
+    py::object result = fn(py::cast(local, py::return_value_policy::copy),
+                           py::cast(remote, py::return_value_policy::copy));
+    return ResolutionFromPython(result, source);
+  } catch (py::error_already_set& e) {
+    CallerScope::Stash(e);  // Ctrl-C during process_once/drain: raised again there
+    throw;
+  }
 }
 
 // The C++ side of a Python subclass of cs.ConflictResolver. trampoline_self_life_support

@@ -48,19 +48,32 @@ Limits ParseLimits(const py::object& max_ops, const py::object& max_bytes,
   return l;
 }
 
+// A str as UTF-8; a lone surrogate (which UTF-8 cannot encode) is an
+// InvalidArgumentError naming the argument, not pybind11's bare cast error.
+std::string Utf8(py::handle obj, const char* name) {
+  Py_ssize_t size = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(obj.ptr(), &size);
+  if (data == nullptr) {
+    PyErr_Clear();
+    ThrowInvalid(std::string(name) +
+                 " is not valid text: it holds a lone surrogate, which UTF-8 cannot encode");
+  }
+  return std::string(data, static_cast<size_t>(size));
+}
+
 std::optional<std::string> OptStr(py::handle obj, const char* name) {
   if (obj.is_none()) return std::nullopt;
   if (!PyUnicode_Check(obj.ptr())) {
     throw py::type_error(std::string(name) + " must be a str or None");
   }
-  return obj.cast<std::string>();
+  return Utf8(obj, name);
 }
 
 NewOp MakeOp(py::handle kind, py::handle payload, py::handle key, py::handle priority,
              py::handle idempotency_key, py::handle coalesce, py::handle ttl, py::handle delay) {
   NewOp op;
   if (!PyUnicode_Check(kind.ptr())) throw py::type_error("kind must be a str");
-  op.kind = kind.cast<std::string>();
+  op.kind = Utf8(kind, "kind");
   op.payload = PayloadBytes(payload);
   op.key = OptStr(key, "key");
   const long long p = StrictInt(priority, "priority");

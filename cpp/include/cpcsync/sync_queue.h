@@ -7,6 +7,8 @@
 // thread. Close() wakes Wait()ers; later calls throw SyncError(kClosed).
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -85,6 +87,10 @@ class SyncQueue {
   mutable std::shared_mutex close_mu_;  // shared by calls, exclusive by Close
   std::atomic<bool> closed_{false};
   std::atomic<bool> consumer_{false};
+  // The process that opened the queue. A handle inherited through fork() is not
+  // usable in the child (its SQLite connection and locks are the parent's): every
+  // call raises QueueClosedError there, and closing it leaves the parent's state alone.
+  const pid_t pid_;
 };
 
 }  // namespace cpcsync
