@@ -1,7 +1,7 @@
 # The two commands README opens with:
 #   make demo   set up everything, then run the main job
 #   make test   set up everything, then run every test (ctest + pytest)
-.PHONY: setup demo test test-cpp test-py bench lint format clean
+.PHONY: setup demo test test-cpp test-py bench lint format clean sanitize
 
 setup:
 	bash scripts/bootstrap.sh
@@ -13,6 +13,10 @@ test: setup
 	ctest --test-dir build/py --output-on-failure -j2
 	.venv/bin/python -m pytest
 
+# ASan+UBSan and TSan runs of the C++ tests, pytest on an ASan module, clang-tidy, cppcheck.
+sanitize: setup
+	bash scripts/sanitize.sh
+
 bench: setup
 	CPCSYNC_EXTRA_PIP="persist-queue litequeue tenacity" bash scripts/bootstrap.sh
 	.venv/bin/python benchmarks/run.py $(BENCH_ARGS)
@@ -23,7 +27,7 @@ lint: setup
 
 format:
 	.venv/bin/ruff format python tests_py benchmarks examples
-	clang-format -i cpp/include/cpcsync/*.h cpp/src/*.cc cpp/src/*.h cpp/src/sqlite/* cpp/bindings/* tests_cpp/*.cc benchmarks/cpp/*.cc
+	clang-format -i cpp/include/cpcsync/*.h cpp/src/*.cc cpp/src/*.h cpp/src/sqlite/* cpp/src/proxy/* cpp/bindings/*.cc cpp/bindings/*.h tests_cpp/*.cc tests_cpp/*.h benchmarks/cpp/*.cc
 
 clean:
 	rm -rf build .venv

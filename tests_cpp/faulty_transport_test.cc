@@ -107,7 +107,9 @@ TEST(FaultyTransport, ScheduledPartitionsAndFlapping) {
 }
 
 TEST(FaultyTransport, FaultKindsMapToResults) {
-  FaultyTransport t(nullptr, {}, Clock0());
+  FaultyTransportOptions o;
+  o.timeout = 0;  // a timeout fault fails at once here
+  FaultyTransport t(nullptr, o, Clock0());
   Fault conflict = F(Fault::Kind::kConflict);
   conflict.remote.value = R"({"v":1})";
   conflict.remote.hlc = 42;
@@ -188,6 +190,18 @@ TEST(FaultyTransport, AutoAdvanceClockJumpsOverLatencyAndFaultDelay) {
   EXPECT_GE(clock->Now() - first, 0.5);
 }
 
+TEST(FaultyTransport, ATimeoutFaultWaitsTheTimeoutOnTheClock) {
+  auto clock = Clock0();
+  clock->SetAutoAdvance(true);
+  FaultyTransportOptions o;
+  o.timeout = 12;
+  FaultyTransport t(nullptr, o, clock);
+  t.FailNext(1, F(Fault::Kind::kTimeout));
+  EXPECT_EQ(t.Send(Op(1)).kind, Kind::kNetwork);
+  EXPECT_EQ(clock->Now(), 12.0);
+  EXPECT_EQ(t.History()[0].latency, 12.0);
+}
+
 TEST(FaultyTransport, CloseEndsAWaitInProgress) {
   auto clock = Clock0();
   FaultyTransportOptions o;
@@ -241,6 +255,9 @@ TEST(FaultyTransport, RejectsBadParameters) {
   f.delay = -2;
   EXPECT_THROW(t.FailNext(1, f), SyncError);
   EXPECT_THROW(Fault::ParseKind("explode"), SyncError);
+  FaultyTransportOptions bad_timeout;
+  bad_timeout.timeout = -1;
+  EXPECT_THROW(FaultyTransport(nullptr, bad_timeout, clock), SyncError);
   EXPECT_EQ(Fault::ParseKind("retry_after"), Fault::Kind::kRetryAfter);
 }
 

@@ -1,8 +1,9 @@
 """Child process for the seed's "storage failure" row (tests_py/test_seed_matrix.py).
 
-Run as ``python _storage_child.py MODE QUEUE_FILE``; prints one JSON object (the
-observations) as its last line of stdout, and exits 0 unless something unexpected
-escaped. The parent asserts on the observations, so a failure shows what happened.
+Run as ``python _storage_child.py MODE QUEUE_FILE`` (``run_child`` does, from a
+test); prints one JSON object (the observations) as its last line of stdout, and
+exits 0 unless something unexpected escaped. The parent asserts on the
+observations, so a failure shows what happened.
 
 Storage "fails" for real: SIGXFSZ is ignored and the soft RLIMIT_FSIZE is lowered to
 0, so every write(2) to a regular file fails with EFBIG and SQLite reports an I/O
@@ -14,15 +15,20 @@ MODE ``queue``: enqueue/take/ack/retry while storage fails, then recover.
 MODE ``engine``: storage fails between a delivery and its acknowledgement (the
 transport succeeds, the local ack cannot be written), then storage comes back and a
 Simulation runs the engine to idle.
+MODE ``disk_full``: at each durability level, enqueue and enqueue_many while the disk
+is full, then again once it has room (tests_py/test_storage_faults.py).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import resource
 import signal
+import subprocess
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import cpcsync as cs
@@ -51,7 +57,9 @@ def attempt(fn: Callable[[], Any]) -> dict[str, Any]:
             "is_sync_error": isinstance(exc, cs.SyncError),
             "message": str(exc),
             "cause": None if cause is None else type(cause).__name__,
+            "cause_message": None if cause is None else str(cause),
             "sqlite_code": getattr(exc, "sqlite_code", None),
+            "cause_sqlite_code": getattr(cause, "sqlite_code", None),
         }
     return {"returned": result}
 
@@ -157,10 +165,53 @@ def run_engine(path: str) -> dict[str, Any]:
     return obs
 
 
+def run_disk_full(path: str) -> dict[str, Any]:
+    obs: dict[str, Any] = {}
+    many = [{"kind": "put", "payload": {"n": i}, "key": "b"} for i in range(3)]
+    for durability in ("full", "normal", "off"):
+        with cs.SyncQueue.open(f"{path}.{durability}", durability=durability) as q:
+            kept = q.enqueue("put", {"n": 1}, key="a")
+            storage_fails()
+            seen = {
+                "enqueue": attempt(functools.partial(q.enqueue, "put", {"n": 2}, key="a")),
+                "enqueue_many": attempt(functools.partial(q.enqueue_many, many)),
+                "len_during": len(q),
+            }
+            storage_restored()
+            seen["enqueue_after"] = attempt(functools.partial(q.enqueue, "put", {"n": 3}, key="a"))
+            seen["ids"] = [o.id for o in q.peek(100)]
+            seen["kept"] = kept
+            obs[durability] = seen
+    return obs
+
+
+_MODES: dict[str, Callable[[str], dict[str, Any]]] = {
+    "queue": run_queue,
+    "engine": run_engine,
+    "disk_full": run_disk_full,
+}
+
+
+def run_child(mode: str, path: Path) -> dict[str, Any]:
+    """Runs this script as a child in ``mode`` on ``path``; its observations."""
+    proc = subprocess.run(
+        [sys.executable, __file__, mode, str(path)],
+        capture_output=True,  # pipes: RLIMIT_FSIZE does not apply to them
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
+    lines = proc.stdout.strip().splitlines()
+    assert lines, f"child printed nothing; stderr:\n{proc.stderr}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
 def main() -> int:
     signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG instead of being killed
     mode, path = sys.argv[1], sys.argv[2]
-    obs = run_queue(path) if mode == "queue" else run_engine(path)
+    obs = _MODES[mode](path)
     sys.stdout.write(json.dumps(obs) + "\n")
     sys.stdout.flush()
     return 0

@@ -342,7 +342,9 @@ def test_dropping_a_probing_monitor_stops_its_thread(watchdog: None) -> None:
         return True
 
     seen: list[bool] = []
-    m = cs.NetworkMonitor(probe=probe, interval=0.001)
+    # probe_timeout well above the interval: under load a 1 ms timeout (the default,
+    # the interval) would count slow answers as failures and flip the state.
+    m = cs.NetworkMonitor(probe=probe, interval=0.001, probe_timeout=30.0)
     m.subscribe(seen.append)
     m.start()
     for _ in range(5):

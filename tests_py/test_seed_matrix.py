@@ -21,8 +21,6 @@ import itertools
 import json
 import os
 import random
-import subprocess
-import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -294,17 +292,20 @@ def test_multiple_operations_random_mix_follows_documented_order(
 # Error handling
 
 
+TIMEOUT = 10.0  # FaultyTransport's default: a timeout fault fails after 10 s on the clock
+
+
 @pytest.mark.parametrize(
-    ("fault", "outcome", "delay"),
+    ("fault", "outcome", "delay", "waited"),
     [
-        (None, "transient", 1.0),  # the default: a transient failure (a 5xx)
-        (cs.TransientError("HTTP 503"), "transient", 1.0),
-        ("network", "network", 1.0),
-        ("timeout", "network", 1.0),
-        ("reset", "network", 1.0),
-        (TimeoutError("read timed out"), "network", 1.0),
-        (ConnectionResetError(), "network", 1.0),
-        (cs.RetryAfter(3), "retry_after", 3.0),  # the server's delay, not the backoff's
+        (None, "transient", 1.0, 0.0),  # the default: a transient failure (a 5xx)
+        (cs.TransientError("HTTP 503"), "transient", 1.0, 0.0),
+        ("network", "network", 1.0, 0.0),
+        ("timeout", "network", 1.0, TIMEOUT),
+        ("reset", "network", 1.0, 0.0),
+        (TimeoutError("read timed out"), "network", 1.0, TIMEOUT),
+        (ConnectionResetError(), "network", 1.0, 0.0),
+        (cs.RetryAfter(3), "retry_after", 3.0, 0.0),  # the server's delay, not the backoff's
     ],
 )
 def test_operation_fails_once_is_retried_and_attempt_counted(
@@ -316,22 +317,24 @@ def test_operation_fails_once_is_retried_and_attempt_counted(
     fault: Any,
     outcome: str,
     delay: float,
+    waited: float,
 ) -> None:
-    """Seed row "Operation fails once": retried, attempt count incremented."""
+    """Seed row "Operation fails once": retried, attempt count incremented. (A timeout
+    fails only after the transport's timeout: the retry is due that much later.)"""
     op_id = sync_queue.enqueue("set_currency", {"currency": "BTC"}, key="user:42")
     faulty_transport.fail_next(1, fault)
 
-    simulation.run_for(delay / 2)  # after the failure, before the retry is due
+    simulation.run_for(waited + delay / 2)  # after the failure, before the retry is due
     op = sync_queue.get(op_id)
     assert op is not None
-    assert (op.state, op.attempts, op.next_attempt_at) == ("pending", 1, delay)
+    assert (op.state, op.attempts, op.next_attempt_at) == ("pending", 1, waited + delay)
     assert op.last_error is not None and "injected" in op.last_error
     assert sink.ids == []
 
     assert simulation.run_until_idle()
     history = faulty_transport.history
     assert [(a.op_id, a.outcome) for a in history] == [(op_id, outcome), (op_id, "delivered")]
-    assert [a.time for a in history] == [0.0, delay]
+    assert [a.time for a in history] == [0.0, waited + delay]
     retries = events.of("retry")
     assert [(e["op"].id, e["op"].attempts, e["delay"]) for e in retries] == [(op_id, 1, delay)]
     delivered = events.of("delivered")
@@ -401,22 +404,10 @@ def test_operation_failing_permanently_is_dead_lettered_at_once(
     assert events.of("retry") == []
 
 
-_CHILD = Path(__file__).with_name("_storage_child.py")
-
-
 def _run_storage_child(mode: str, path: Path) -> dict[str, Any]:
-    proc = subprocess.run(
-        [sys.executable, str(_CHILD), mode, str(path)],
-        capture_output=True,  # pipes: RLIMIT_FSIZE does not apply to them
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert proc.returncode == 0, f"child failed ({proc.returncode}):\n{proc.stderr}"
-    lines = proc.stdout.strip().splitlines()
-    assert lines, f"child printed nothing; stderr:\n{proc.stderr}"
-    result: dict[str, Any] = json.loads(lines[-1])
-    return result
+    from _storage_child import run_child  # the child script; tests_py/ is on sys.path
+
+    return run_child(mode, path)
 
 
 def test_storage_failure_queue_recovers_when_storage_restored(tmp_path: Path) -> None:

@@ -147,3 +147,14 @@ def test_a_lease_held_elsewhere_leaves_the_run_not_idle(tmp_path: Path) -> None:
     q.ack(leased.id)
     assert sim.run_until_idle()
     assert [a.op_id for a in ft.history] == [3, 2]
+
+
+def test_a_timeout_fault_takes_its_timeout_in_virtual_time(tmp_path: Path) -> None:
+    sim, q, ft = _build(tmp_path / "q.db", timeout=7.5)
+    q.enqueue("set", {"v": 1})
+    ft.fail_next(1, TimeoutError())
+    assert sim.run_until_idle()
+    first, second = ft.history
+    assert (first.outcome, first.latency) == ("network", 7.5)
+    assert "timed out" in first.error or "TimeoutError" in first.error
+    assert second.time > 7.5  # the retry starts after the timeout and the backoff

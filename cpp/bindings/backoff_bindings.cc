@@ -92,12 +92,15 @@ class CallableBackoff final : public BackoffStrategy {
   explicit CallableBackoff(py::object fn) : fn_(std::move(fn)) {}  // called with the GIL
   ~CallableBackoff() override {
     // The last owner may be a C++ thread without the GIL.
-    if (Py_IsInitialized()) {
-      py::gil_scoped_acquire gil;
-      fn_ = py::object();
-    } else {
-      fn_.release();
+    try {
+      if (Py_IsInitialized()) {
+        py::gil_scoped_acquire gil;
+        fn_ = py::object();
+        return;
+      }
+    } catch (...) {  // the GIL could not be taken: leak the callable, never throw here
     }
+    fn_.release();
   }
 
   double NextDelay(int attempt) override {
@@ -310,6 +313,7 @@ non-number). Exceptions fn raises propagate unchanged.)doc")
         {
           py::gil_scoped_release release;
           std::vector<std::thread> pool;
+          pool.reserve(threads);
           for (int t = 0; t < threads; ++t) {
             pool.emplace_back([&, t] {
               try {

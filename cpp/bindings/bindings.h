@@ -63,7 +63,32 @@ class PyRef {
 // callable (op) -> None, sync or async, optionally with send_batch) wrapped so the
 // engine can call it; async ones run on `loop` (None: a loop the wrapper owns).
 // TypeError for anything else. Needs the GIL.
-std::shared_ptr<Transport> TransportFromPython(py::handle transport, py::object loop);
+std::shared_ptr<Transport> TransportFromPython(py::handle transport, const py::object& loop);
+
+// Python's "stop now" exceptions (BaseException but not Exception: KeyboardInterrupt,
+// SystemExit, ...) raised by a callback the engine ran on the thread that called
+// process_once()/drain(). While a CallerScope is alive on a thread, Stash() keeps the
+// first such exception, and Rethrow() raises it again once the engine call returned,
+// so Ctrl-C stops a drain. On engine worker threads no scope is active: those
+// exceptions are logged and the worker goes on.
+class CallerScope {
+ public:
+  CallerScope();
+  ~CallerScope();  // needs the GIL if an exception was stashed and not rethrown
+  CallerScope(const CallerScope&) = delete;
+  CallerScope& operator=(const CallerScope&) = delete;
+  // True when `e` is a BaseException that is not an Exception. Needs the GIL.
+  static bool IsInterrupt(const py::error_already_set& e);
+  // Keeps `e` for Rethrow() when a scope is active on this thread and `e` is an
+  // interrupt; true if kept. Needs the GIL.
+  static bool Stash(const py::error_already_set& e);
+  // Raises the stashed exception, if any. Needs the GIL.
+  void Rethrow();
+
+ private:
+  CallerScope* previous_;
+  py::object stashed_;
+};
 
 // A DeliveryResult as the arguments of cpcsync._engine.raise_result:
 // (kind, error, retry_after, remote value, remote hlc, remote version). Needs the GIL.

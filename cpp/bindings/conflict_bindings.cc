@@ -40,9 +40,14 @@ Resolution ResolutionFromPython(py::handle result, py::handle source) {
 // fn propagates as error_already_set, which carries the original Python exception.
 Resolution CallPython(const py::object& fn, py::handle source, const Operation& local,
                       const Remote& remote) {
-  py::object result = fn(py::cast(local, py::return_value_policy::copy),
-                         py::cast(remote, py::return_value_policy::copy));
-  return ResolutionFromPython(result, source);
+  try {
+    py::object result = fn(py::cast(local, py::return_value_policy::copy),
+                           py::cast(remote, py::return_value_policy::copy));
+    return ResolutionFromPython(result, source);
+  } catch (py::error_already_set& e) {
+    CallerScope::Stash(e);  // Ctrl-C during process_once/drain: raised again there
+    throw;
+  }
 }
 
 // The C++ side of a Python subclass of cs.ConflictResolver. trampoline_self_life_support
@@ -119,12 +124,15 @@ class CallableResolver final : public ConflictResolver {
   explicit CallableResolver(py::object fn) : fn_(std::move(fn)) {}  // called with the GIL
   ~CallableResolver() override {
     // The last owner may be a C++ thread without the GIL.
-    if (Py_IsInitialized()) {
-      py::gil_scoped_acquire gil;
-      fn_ = py::object();
-    } else {
-      fn_.release();
+    try {
+      if (Py_IsInitialized()) {
+        py::gil_scoped_acquire gil;
+        fn_ = py::object();
+        return;
+      }
+    } catch (...) {  // the GIL could not be taken: leak the callable, never throw here
     }
+    fn_.release();
   }
 
   Resolution Resolve(const Operation& local, const Remote& remote) override {

@@ -2,6 +2,8 @@
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
+#include <optional>
+
 #include "bindings.h"
 #include "cpcsync/errors.h"
 #include "cpcsync/sync_engine.h"
@@ -92,12 +94,38 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
            "(local, remote) -> Resolution (default LastWriteWins()). "
            "clock: default the queue's. loop: the asyncio loop for async transports (default "
            "one the engine owns).")
-      .def("process_once", &SyncEngine::ProcessOnce, py::call_guard<py::gil_scoped_release>(),
-           "Deliver one round of ready operations on this thread (none while disconnected).")
-      .def("drain", &SyncEngine::Drain, py::arg("timeout") = py::none(),
-           py::call_guard<py::gil_scoped_release>(),
-           "Deliver until the queue is empty or `timeout` seconds pass on the engine's clock, "
-           "waiting for retries and reconnects without polling.")
+      .def(
+          "process_once",
+          [](SyncEngine& e) {
+            CallerScope scope;  // a KeyboardInterrupt in a callback comes back out here
+            ProcessingSummary s;
+            {
+              py::gil_scoped_release release;
+              s = e.ProcessOnce();
+            }
+            scope.Rethrow();
+            return s;
+          },
+          "Deliver one round of ready operations on this thread (none while disconnected). "
+          "A KeyboardInterrupt or SystemExit raised by the transport puts its op back "
+          "and is raised again here.")
+      .def(
+          "drain",
+          [](SyncEngine& e, std::optional<double> timeout) {
+            CallerScope scope;
+            ProcessingSummary s;
+            {
+              py::gil_scoped_release release;
+              s = e.Drain(timeout);
+            }
+            scope.Rethrow();
+            return s;
+          },
+          py::arg("timeout") = py::none(),
+          "Deliver until the queue is empty or `timeout` seconds pass on the engine's clock, "
+          "waiting for retries and reconnects without polling. A KeyboardInterrupt or "
+          "SystemExit raised by the transport stops it: the op is put back and the "
+          "exception raised again here.")
       .def("start", &SyncEngine::Start, py::call_guard<py::gil_scoped_release>(),
            "Start the background workers (concurrency of them).")
       .def("stop", &SyncEngine::Stop, py::arg("drain") = false, py::arg("timeout") = py::none(),
@@ -118,6 +146,10 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
               try {
                 ref->get()(EventDict(ev));
               } catch (py::error_already_set& err) {
+                // On the thread of process_once/drain, Ctrl-C in a listener comes
+                // back out of that call (once the round is done); elsewhere it is
+                // logged and counted like any listener error.
+                if (CallerScope::Stash(err)) return;
                 throw std::runtime_error("'" + event + "' callback raised: " + err.what());
               }
             });

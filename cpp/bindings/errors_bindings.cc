@@ -40,7 +40,7 @@ py::object ClassFor(ErrorCode code) {
 py::object ToPython(const SyncError& e) {
   py::object exc;
   if (e.code() == ErrorCode::kOs) {
-    exc = ClassFor(e.code())(e.sys_errno(), std::strerror(e.sys_errno()));
+    exc = ClassFor(e.code())(e.sys_errno(), ErrnoMessage(e.sys_errno()));
   } else {
     exc = ClassFor(e.code())(e.what());
     if (e.sqlite_code() != 0) exc.attr("sqlite_code") = e.sqlite_code();

@@ -60,7 +60,8 @@ A transport that injects scripted failures (the C++ core of
 cpcsync.testing.FaultyTransport; use that class).)doc")
       .def(py::init([](py::object inner, py::object pattern, double failure_rate,
                        std::optional<uint64_t> seed, double latency, double jitter,
-                       std::shared_ptr<Clock> clock, py::object failure, py::object loop) {
+                       std::shared_ptr<Clock> clock, py::object failure, py::object loop,
+                       double timeout) {
              FaultyTransportOptions o;
              if (!pattern.is_none()) {
                for (py::handle item : pattern) o.pattern.push_back(ToFault(item));
@@ -70,6 +71,7 @@ cpcsync.testing.FaultyTransport; use that class).)doc")
              o.seed = seed;
              o.latency = latency;
              o.jitter = jitter;
+             o.timeout = timeout;
              std::shared_ptr<Transport> in =
                  inner.is_none() ? nullptr : TransportFromPython(inner, loop);
              return std::make_shared<FaultyTransport>(std::move(in), std::move(o),
@@ -78,7 +80,7 @@ cpcsync.testing.FaultyTransport; use that class).)doc")
            py::arg("inner") = py::none(), py::kw_only(), py::arg("pattern") = py::none(),
            py::arg("failure_rate") = 0.0, py::arg("seed") = py::none(), py::arg("latency") = 0.0,
            py::arg("jitter") = 0.0, py::arg("clock") = nullptr, py::arg("failure") = py::none(),
-           py::arg("loop") = py::none())
+           py::arg("loop") = py::none(), py::arg("timeout") = 10.0)
       .def(
           "__call__",
           [](FaultyTransport& t, const Operation& op) {

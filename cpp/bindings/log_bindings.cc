@@ -4,11 +4,19 @@
 // dispatcher thread takes records off that queue and, holding no C++ lock,
 // takes the GIL to hand them to logging. So logging from any thread, with any
 // cpcsync lock held, cannot deadlock against Python.
+//
+// fork(): the child has no dispatcher thread, and the bridge's condition variables
+// still count the parent's waiting thread (glibc's pthread_cond_destroy would wait
+// for it forever at exit). A pthread_atfork handler gives the child a fresh bridge
+// (the parent's pending records stay the parent's), and os.register_at_fork starts
+// the child's own dispatcher once Python runs again.
+#include <pthread.h>
 #include <spdlog/sinks/base_sink.h>
 
 #include <condition_variable>
 #include <deque>
 #include <mutex>
+#include <new>
 #include <thread>
 
 #include "bindings.h"
@@ -82,6 +90,23 @@ class Bridge {
     running_ = false;
   }
 
+  // fork(): hold the lock across it, so the child copies a consistent queue.
+  void BeforeFork() { mu_.lock(); }
+  void AfterForkParent() { mu_.unlock(); }
+  // In the child: every synchronisation object is replaced without being destroyed
+  // (destroying them could wait for the parent's threads), the thread handle is
+  // forgotten (that thread does not exist here) and the parent's records dropped.
+  void AfterForkChild() {
+    new (&mu_) std::mutex();
+    new (&cv_) std::condition_variable();
+    new (&done_cv_) std::condition_variable();
+    new (&thread_) std::thread();
+    pending_.clear();
+    pushed_ = delivered_ = dropped_ = 0;
+    running_ = false;
+    stop_ = false;
+  }
+
   // Blocks (GIL released) until every record logged so far reached Python.
   void Flush() {
     py::gil_scoped_release release;
@@ -137,6 +162,10 @@ class Bridge {
 
 Bridge& TheBridge() {
   static Bridge bridge;
+  static const int registered =
+      pthread_atfork([] { TheBridge().BeforeFork(); }, [] { TheBridge().AfterForkParent(); },
+                     [] { TheBridge().AfterForkChild(); });
+  (void)registered;
   return bridge;
 }
 
@@ -164,6 +193,9 @@ void InitLog(py::module_& m) {
   TheBridge().Start();
   // Stop the dispatcher at exit even if importing the rest of cpcsync fails.
   py::module_::import("atexit").attr("register")(py::cpp_function([] { TheBridge().Stop(); }));
+  // A forked child gets its own dispatcher (the atfork handler reset the bridge).
+  py::module_::import("os").attr("register_at_fork")(
+      py::arg("after_in_child") = py::cpp_function([] { TheBridge().Start(); }));
   m.def(
       "set_log_level", [](const std::string& level) { SetLogLevel(ParseLevel(level)); },
       py::arg("level"),

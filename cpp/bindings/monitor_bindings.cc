@@ -48,8 +48,12 @@ class PyCallable {
       fn_.release();  // Python may not be touched any more: leak the reference
       return;
     }
-    py::gil_scoped_acquire gil;
-    fn_ = py::object();
+    try {
+      py::gil_scoped_acquire gil;
+      fn_ = py::object();
+    } catch (...) {  // the GIL could not be taken: leak the reference, never throw here
+      fn_.release();
+    }
   }
 
   // Calls fn(args...) and returns the truth of its result (only evaluated when

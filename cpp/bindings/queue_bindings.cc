@@ -33,7 +33,8 @@ Durability ParseDurability(const std::string& s) {
   ThrowInvalid("durability must be 'full', 'normal' or 'off', not '" + s + "'");
 }
 
-Limits ParseLimits(py::object max_ops, py::object max_bytes, const std::string& overflow) {
+Limits ParseLimits(const py::object& max_ops, const py::object& max_bytes,
+                   const std::string& overflow) {
   Limits l;
   if (!max_ops.is_none()) l.max_ops = StrictInt(max_ops, "max_ops");
   if (!max_bytes.is_none()) l.max_bytes = StrictInt(max_bytes, "max_bytes");
@@ -47,19 +48,32 @@ Limits ParseLimits(py::object max_ops, py::object max_bytes, const std::string& 
   return l;
 }
 
+// A str as UTF-8; a lone surrogate (which UTF-8 cannot encode) is an
+// InvalidArgumentError naming the argument, not pybind11's bare cast error.
+std::string Utf8(py::handle obj, const char* name) {
+  Py_ssize_t size = 0;
+  const char* data = PyUnicode_AsUTF8AndSize(obj.ptr(), &size);
+  if (data == nullptr) {
+    PyErr_Clear();
+    ThrowInvalid(std::string(name) +
+                 " is not valid text: it holds a lone surrogate, which UTF-8 cannot encode");
+  }
+  return std::string(data, static_cast<size_t>(size));
+}
+
 std::optional<std::string> OptStr(py::handle obj, const char* name) {
   if (obj.is_none()) return std::nullopt;
   if (!PyUnicode_Check(obj.ptr())) {
     throw py::type_error(std::string(name) + " must be a str or None");
   }
-  return obj.cast<std::string>();
+  return Utf8(obj, name);
 }
 
 NewOp MakeOp(py::handle kind, py::handle payload, py::handle key, py::handle priority,
              py::handle idempotency_key, py::handle coalesce, py::handle ttl, py::handle delay) {
   NewOp op;
   if (!PyUnicode_Check(kind.ptr())) throw py::type_error("kind must be a str");
-  op.kind = kind.cast<std::string>();
+  op.kind = Utf8(kind, "kind");
   op.payload = PayloadBytes(payload);
   op.key = OptStr(key, "key");
   const long long p = StrictInt(priority, "priority");
@@ -92,7 +106,7 @@ NewOp OpFromMapping(py::handle item) {
     }
   }
   auto get = [&](const char* name, py::object fallback) -> py::object {
-    return d.contains(name) ? py::object(d[name]) : fallback;
+    return d.contains(name) ? py::object(d[name]) : std::move(fallback);
   };
   return MakeOp(d["kind"], d["payload"], get("key", py::none()),
                 get("priority", py::int_(priority::kMedium)), get("idempotency_key", py::none()),
@@ -213,8 +227,8 @@ priority (with inheritance) then FIFO across keys, delays, TTLs, capacity limits
 dead letters. A context manager: leaving the block closes it.)doc")
       .def_static(
           "open",
-          [](py::object path, const std::string& durability, py::object max_ops,
-             py::object max_bytes, const std::string& overflow, std::shared_ptr<Clock> clock,
+          [](const py::object& path, const std::string& durability, const py::object& max_ops,
+             const py::object& max_bytes, const std::string& overflow, std::shared_ptr<Clock> clock,
              bool read_only) {
             const std::string p =
                 py::module_::import("os").attr("fspath")(path).cast<std::string>();
@@ -237,7 +251,7 @@ read_only=True opens for inspection only. Raises NotAQueueError for a foreign
 file and CorruptDatabaseError for a damaged one, without modifying either.)doc")
       .def_static(
           "in_memory",
-          [](py::object max_ops, py::object max_bytes, const std::string& overflow,
+          [](const py::object& max_ops, const py::object& max_bytes, const std::string& overflow,
              std::shared_ptr<Clock> clock) {
             return ReleasingGilOnDestroy(
                 SyncQueue::InMemory(ParseLimits(max_ops, max_bytes, overflow), std::move(clock)));
@@ -265,7 +279,7 @@ last pending op of the same kind instead of appending. ttl: seconds until it
 expires into the dead letters. delay: seconds before it may be delivered.)doc")
       .def(
           "enqueue_many",
-          [](SyncQueue& q, py::iterable items) {
+          [](SyncQueue& q, const py::iterable& items) {
             std::vector<NewOp> ops;
             for (py::handle item : items) ops.push_back(OpFromMapping(item));
             MaybeRelease release(q);
@@ -297,7 +311,7 @@ expires into the dead letters. delay: seconds before it may be delivered.)doc")
           [](SyncQueue& q, int64_t id, py::handle delay, std::optional<std::string> error) {
             const double d = StrictSeconds(delay, "delay");
             MaybeRelease release(q);
-            q.Retry(id, d, std::move(error));
+            q.Retry(id, d, error);
           },
           py::arg("op_id"), py::arg("delay") = 0.0, py::arg("error") = py::none(),
           "Failed for now: the in-flight op is pending again, due after `delay` seconds.")
@@ -319,7 +333,7 @@ expires into the dead letters. delay: seconds before it may be delivered.)doc")
           py::arg("limit") = py::none(), "Dead-lettered operations, oldest first.")
       .def(
           "requeue_dead",
-          [](SyncQueue& q, std::optional<std::vector<int64_t>> ids) {
+          [](SyncQueue& q, const std::optional<std::vector<int64_t>>& ids) {
             MaybeRelease release(q);
             return q.RequeueDead(ids);
           },

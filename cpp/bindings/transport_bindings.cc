@@ -26,7 +26,7 @@ DeliveryResult FromException(const py::object& support, const py::object& exc) {
 // no lock while it runs.
 class PyTransport final : public Transport {
  public:
-  PyTransport(py::object transport, py::object loop)
+  PyTransport(const py::object& transport, const py::object& loop)
       : support_(py::module_::import("cpcsync._engine")),
         transport_(transport),
         runner_(support_.get().attr("LoopRunner")(loop)),
@@ -39,21 +39,27 @@ class PyTransport final : public Transport {
   }
   ~PyTransport() override {
     if (!Py_IsInitialized()) return;
-    py::gil_scoped_acquire gil;
     try {
-      runner_.get().attr("close")();
-    } catch (py::error_already_set& e) {
-      e.discard_as_unraisable("cpcsync transport loop close");
+      py::gil_scoped_acquire gil;
+      try {
+        runner_.get().attr("close")();
+      } catch (py::error_already_set& e) {
+        e.discard_as_unraisable("cpcsync transport loop close");
+      }
+    } catch (...) {  // the GIL could not be taken: nothing to close with, and no throwing here
     }
   }
 
   DeliveryResult Send(const Operation& op) override {
     py::gil_scoped_acquire gil;
     try {
-      support_.get().attr("invoke")(transport_.get(), op, runner_.get());
-      return DeliveryResult::Delivered();
+      py::object result = support_.get().attr("invoke")(transport_.get(), op, runner_.get());
+      // None (or True) is delivered; anything else is a contract violation, which
+      // must not be taken for a delivery (the op would be lost): see result_of.
+      py::object exc = support_.get().attr("result_of")(result);
+      return exc.is_none() ? DeliveryResult::Delivered() : FromException(support_.get(), exc);
     } catch (py::error_already_set& e) {
-      return FromException(support_.get(), e.value());
+      return FromError(e, "op " + std::to_string(op.id));
     }
   }
 
@@ -65,26 +71,60 @@ class PyTransport final : public Transport {
     try {
       py::object results =
           support_.get().attr("invoke")(batch_->get(), py::cast(ops), runner_.get());
-      py::list items = results.is_none() ? py::list() : py::list(results);
+      if (results.is_none()) {
+        out.assign(ops.size(), DeliveryResult::Delivered());
+        return out;
+      }
+      py::list items(results);  // TypeError for a non-iterable: handled below
+      if (items.size() != ops.size()) {
+        // Which result belongs to which op is unknowable: none is taken for a
+        // delivery (resending is safe, the idempotency key absorbs it).
+        out.assign(ops.size(),
+                   DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
+                                          "send_batch returned " + std::to_string(items.size()) +
+                                              " results for " + std::to_string(ops.size()) +
+                                              " operations (expected one per operation)"));
+        return out;
+      }
       for (size_t i = 0; i < ops.size(); ++i) {
-        if (results.is_none()) {
-          out.push_back(DeliveryResult::Delivered());
-          continue;
-        }
-        if (i >= items.size()) {
-          out.push_back(DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
-                                               "send_batch returned fewer results than ops"));
-          continue;
-        }
         py::object exc = support_.get().attr("outcome_of")(items[i]);
         out.push_back(exc.is_none() ? DeliveryResult::Delivered()
                                     : FromException(support_.get(), exc));
       }
     } catch (py::error_already_set& e) {
-      const DeliveryResult r = FromException(support_.get(), e.value());
+      const DeliveryResult r = FromError(e, std::to_string(ops.size()) + " ops (send_batch)");
       out.assign(ops.size(), r);
     }
     return out;
+  }
+
+ private:
+  // What the transport raised, as a result. Needs the GIL. An interrupt
+  // (KeyboardInterrupt, SystemExit, ...) on the thread running process_once/drain is
+  // kept for re-raising there, and the op is put back; on a worker thread it is
+  // logged (warning) and retried like any unknown exception.
+  DeliveryResult FromError(py::error_already_set& e, const std::string& what) {
+    try {
+      if (CallerScope::IsInterrupt(e)) {
+        const std::string text = support_.get().attr("describe")(e.value()).cast<std::string>();
+        if (CallerScope::Stash(e)) {
+          DeliveryResult r =
+              DeliveryResult::Failed(DeliveryResult::Kind::kTransient, "interrupted: " + text);
+          r.interrupted = true;
+          return r;
+        }
+        py::module_::import("logging").attr("getLogger")("cpcsync").attr("warning")(
+            "the transport raised %s (%s) on an engine worker thread; retrying it like "
+            "any other error (stop the engine with engine.stop())",
+            text, what);
+      }
+      return FromException(support_.get(), e.value());
+    } catch (py::error_already_set& again) {  // describing it raised (a broken __str__)
+      return DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
+                                    std::string("transport raised an exception that could not "
+                                                "be described: ") +
+                                        again.what());
+    }
   }
 
  private:
@@ -96,6 +136,39 @@ class PyTransport final : public Transport {
 
 }  // namespace
 
+namespace {
+thread_local CallerScope* t_caller_scope = nullptr;
+}  // namespace
+
+CallerScope::CallerScope() : previous_(t_caller_scope) { t_caller_scope = this; }
+
+CallerScope::~CallerScope() {
+  t_caller_scope = previous_;
+  if (stashed_ && Py_IsInitialized()) {
+    py::gil_scoped_acquire gil;
+    stashed_ = py::object();
+  }
+}
+
+bool CallerScope::IsInterrupt(const py::error_already_set& e) {
+  return !e.matches(PyExc_Exception);
+}
+
+bool CallerScope::Stash(const py::error_already_set& e) {
+  CallerScope* scope = t_caller_scope;
+  if (scope == nullptr || !IsInterrupt(e)) return false;
+  if (!scope->stashed_) scope->stashed_ = e.value();
+  return true;
+}
+
+void CallerScope::Rethrow() {
+  if (!stashed_) return;
+  py::object exc = std::move(stashed_);
+  stashed_ = py::object();
+  PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
+  throw py::error_already_set();
+}
+
 PyRef::PyRef(py::object obj) : obj_(std::make_unique<py::object>(std::move(obj))) {}
 
 PyRef::~PyRef() {
@@ -104,14 +177,17 @@ PyRef::~PyRef() {
     (void)obj_.release();  // NOLINT: the interpreter is gone; nothing may touch it
     return;
   }
-  py::gil_scoped_acquire gil;
-  obj_.reset();
+  try {
+    py::gil_scoped_acquire gil;
+    obj_.reset();
+  } catch (...) {          // the GIL could not be taken: leak the object, never throw here
+    (void)obj_.release();  // NOLINT: without the GIL it must not be touched
+  }
 }
 
-std::shared_ptr<Transport> TransportFromPython(py::handle transport, py::object loop) {
+std::shared_ptr<Transport> TransportFromPython(py::handle transport, const py::object& loop) {
   if (py::isinstance<Transport>(transport)) return transport.cast<std::shared_ptr<Transport>>();
-  return std::make_shared<PyTransport>(py::reinterpret_borrow<py::object>(transport),
-                                       std::move(loop));
+  return std::make_shared<PyTransport>(py::reinterpret_borrow<py::object>(transport), loop);
 }
 
 py::object RaiseArgs(const DeliveryResult& r) {

@@ -123,6 +123,7 @@ FaultyTransport::FaultyTransport(std::shared_ptr<Transport> inner, FaultyTranspo
   CheckFault(options_.rate_fault);
   CheckSeconds(options_.latency, "latency");
   CheckSeconds(options_.jitter, "jitter");
+  CheckSeconds(options_.timeout, "timeout");
   for (const auto& f : options_.pattern) {
     if (f) CheckFault(*f);
   }
@@ -211,7 +212,9 @@ std::vector<DeliveryResult> FaultyTransport::SendBatch(const std::vector<Operati
     std::lock_guard lock(mu_);
     for (size_t i = 0; i < ops.size(); ++i) {
       faults.push_back(Decide(start));
-      if (faults.back()) fault_delay = std::max(fault_delay, faults.back()->delay);
+      auto& f = faults.back();
+      if (f && f->kind == Fault::Kind::kTimeout && f->delay == 0) f->delay = options_.timeout;
+      if (f) fault_delay = std::max(fault_delay, f->delay);
     }
   }
   if (fault_delay > 0) WaitUntil(start + latency + fault_delay);
@@ -254,7 +257,7 @@ std::vector<DeliveryResult> FaultyTransport::SendBatch(const std::vector<Operati
   return out;
 }
 
-void FaultyTransport::FailNext(int n, Fault fault) {
+void FaultyTransport::FailNext(int n, const Fault& fault) {
   if (n < 0) ThrowInvalid("fail_next: n must be >= 0");
   CheckFault(fault);
   std::lock_guard lock(mu_);

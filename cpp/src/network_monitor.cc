@@ -66,8 +66,9 @@ void CheckFiniteNonNegative(double v, const char* name) {
 
 class NetworkMonitor::Impl {
  public:
-  Impl(NetworkMonitorOptions options, std::shared_ptr<Probe> probe, std::shared_ptr<Clock> clock)
-      : options_(std::move(options)),
+  Impl(const NetworkMonitorOptions& options, std::shared_ptr<Probe> probe,
+       std::shared_ptr<Clock> clock)
+      : options_(options),
         probe_(std::move(probe)),
         clock_(clock ? std::move(clock) : SystemClock::Default()),
         waiter_(Waiter::Create(clock_)),
@@ -482,9 +483,9 @@ class NetworkMonitor::Impl {
   std::thread worker_;
 };
 
-NetworkMonitor::NetworkMonitor(NetworkMonitorOptions options, std::shared_ptr<Probe> probe,
+NetworkMonitor::NetworkMonitor(const NetworkMonitorOptions& options, std::shared_ptr<Probe> probe,
                                std::shared_ptr<Clock> clock)
-    : impl_(std::make_shared<Impl>(std::move(options), std::move(probe), std::move(clock))) {
+    : impl_(std::make_shared<Impl>(options, std::move(probe), std::move(clock))) {
   impl_->self_ = impl_;
 }
 

@@ -1,5 +1,7 @@
 #include "cpcsync/sqlite_storage.h"
 
+#include <pthread.h>
+
 #include <atomic>
 #include <charconv>
 #include <chrono>
@@ -25,6 +27,47 @@ namespace {
 using sqlite::Db;
 using sqlite::Stmt;
 using sqlite::Use;
+
+// fork(): SQLite keeps each process's lock bookkeeping per file in memory, shared by
+// all its connections to that file. A child forked while another thread was inside
+// a transaction inherits "a connection of this process holds the write lock", and a
+// handle the child opens on the same file then waits for that lock forever. So fork()
+// waits until no queue connection is inside a call (every connection's mutex is
+// held across it); the child then finds every inherited connection idle.
+class ForkGuard {
+ public:
+  static void Add(std::mutex* m) {
+    ForkGuard& g = Get();
+    std::lock_guard lock(g.mu_);
+    g.connections_.insert(m);
+  }
+  static void Remove(std::mutex* m) {
+    ForkGuard& g = Get();
+    std::lock_guard lock(g.mu_);
+    g.connections_.erase(m);
+  }
+
+ private:
+  static ForkGuard& Get() {
+    static ForkGuard guard;
+    static std::once_flag once;
+    std::call_once(once, [] { pthread_atfork(&Prepare, &Release, &Release); });
+    return guard;
+  }
+  static void Prepare() {
+    ForkGuard& g = Get();
+    g.mu_.lock();
+    for (std::mutex* m : g.connections_) m->lock();
+  }
+  static void Release() {
+    ForkGuard& g = Get();
+    for (std::mutex* m : g.connections_) m->unlock();
+    g.mu_.unlock();
+  }
+
+  std::mutex mu_;
+  std::set<std::mutex*> connections_;
+};
 
 constexpr const char* kOpColumns =
     "id, kind, key, payload, priority, idempotency_key, hlc, created_at, attempts, "
@@ -214,9 +257,11 @@ class SqliteStorage final : public QueueStorage {
       notifier_ = std::make_unique<sqlite::Notifier>(notify_name_);
       RecoverOrphanedLeases();
     }
+    ForkGuard::Add(&db_mu_);
   }
 
   ~SqliteStorage() override {
+    ForkGuard::Remove(&db_mu_);
     try {
       Close();
     } catch (const std::exception& e) {
@@ -477,11 +522,11 @@ class SqliteStorage final : public QueueStorage {
     return ReadCountersNow().max_hlc;
   }
 
-  void AcquireConsumer(double now, std::function<void()> wake) override {
+  void AcquireConsumer(double now, const std::function<void()>& wake) override {
     std::lock_guard lock(db_mu_);
     if (consumer_) return;
     RequireWritable("consume");
-    auto lock_holder = std::make_unique<sqlite::ConsumerLock>(notify_name_, std::move(wake));
+    auto lock_holder = std::make_unique<sqlite::ConsumerLock>(notify_name_, wake);
     Txn txn(*this, Durability::kNormal);
     const int64_t n = ResetInFlightLocked(now);
     txn.Commit();
@@ -557,6 +602,7 @@ class SqliteStorage final : public QueueStorage {
   class Txn {
    public:
     Txn(SqliteStorage& s, Durability sync) : s_(s) {
+      s_.RequireFileInPlace();
       s_.SetSync(sync);
       Use(s_.st().begin_immediate)->Run();
       try {
@@ -740,6 +786,20 @@ class SqliteStorage final : public QueueStorage {
     if (options_.read_only) {
       throw SyncError(ErrorCode::kInvalidArgument,
                       std::string(what) + ": the queue was opened read_only");
+    }
+  }
+
+  // Writing to a file that was deleted, moved or replaced while open would "commit"
+  // into an inode nobody will ever open again: refuse instead (one stat() per write
+  // transaction, SQLite's SQLITE_FCNTL_HAS_MOVED).
+  void RequireFileInPlace() {
+    int moved = 0;
+    if (sqlite3_file_control(db_.get(), "main", SQLITE_FCNTL_HAS_MOVED, &moved) == SQLITE_OK &&
+        moved != 0) {
+      throw SyncError(ErrorCode::kStorage,
+                      "queue file '" + path_ +
+                          "' was deleted, moved or replaced while open; nothing was written "
+                          "(close this handle and open the queue again)");
     }
   }
 

@@ -1,8 +1,11 @@
 #include "cpcsync/sync_engine.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <new>
 
 #include "cpcsync/errors.h"
 #include "cpcsync/log.h"
@@ -12,6 +15,33 @@ namespace {
 
 constexpr double kForever = std::numeric_limits<double>::infinity();
 constexpr size_t kLatencySamples = 4096;
+// Seconds before an op is tried again when a user callback of the engine itself (the
+// resolver, the backoff) failed on it.
+constexpr double kBrokenCallbackRetryDelay = 1.0;
+
+// The engine whose Deliver() runs on this thread, and how many of its ops it has in
+// flight: Stop() called from a listener does not wait for its own caller's ops.
+thread_local const void* t_delivering_engine = nullptr;
+thread_local int64_t t_delivering_ops = 0;
+
+class DeliveringScope {
+ public:
+  DeliveringScope(const void* engine, int64_t ops)
+      : engine_(t_delivering_engine), ops_(t_delivering_ops) {
+    t_delivering_engine = engine;
+    t_delivering_ops = ops;
+  }
+  ~DeliveringScope() {
+    t_delivering_engine = engine_;
+    t_delivering_ops = ops_;
+  }
+  DeliveringScope(const DeliveringScope&) = delete;
+  DeliveringScope& operator=(const DeliveringScope&) = delete;
+
+ private:
+  const void* engine_;
+  int64_t ops_;
+};
 
 double DeadlineAfter(const Clock& clock, std::optional<double> timeout) {
   if (!timeout) return kForever;
@@ -27,6 +57,7 @@ void ProcessingSummary::Add(const ProcessingSummary& o) {
   failed.insert(failed.end(), o.failed.begin(), o.failed.end());
   conflicts += o.conflicts;
   superseded += o.superseded;
+  interrupted = interrupted || o.interrupted;
 }
 
 SyncEngine::SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transport> transport,
@@ -46,7 +77,7 @@ SyncEngine::SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transpo
   if (options_.max_elapsed && !(*options_.max_elapsed > 0)) ThrowInvalid("max_elapsed must be > 0");
   if (options_.concurrency < 1) ThrowInvalid("concurrency must be >= 1");
   if (options_.batch_size < 1) ThrowInvalid("batch_size must be >= 1");
-  clock_ = clock ? std::move(clock) : queue_->clock();
+  clock_ = clock ? std::move(clock) : std::shared_ptr<Clock>(queue_->clock());
   if (!backoff_) backoff_ = std::make_shared<ExponentialBackoff>(0.1, 2.0, 60.0, Jitter::kFull);
   if (!resolver_) resolver_ = std::make_shared<LastWriteWins>();
   idle_ = Waiter::Create(clock_);
@@ -86,7 +117,18 @@ bool SyncEngine::Connected() const { return !monitor_ || monitor_->IsConnected()
 
 bool SyncEngine::running() const {
   std::lock_guard lock(mu_);
-  return !workers_.empty() && !stopping_;
+  return !workers_.empty() && !stopping_ && workers_pid_ == ::getpid();
+}
+
+bool SyncEngine::AbandonForeignWorkersLocked() {
+  if (workers_.empty() || workers_pid_ == ::getpid()) return false;
+  // Joining, detaching or destroying a joinable std::thread of the parent would
+  // fail or abort; waking the parent's waiters could block. Leak them instead.
+  new std::vector<std::thread>(std::move(workers_));  // NOLINT: deliberate leak
+  workers_.clear();
+  new std::shared_ptr<Waiter>(idle_);  // NOLINT: never destroyed (its waiters are not here)
+  stopping_ = false;
+  return true;
 }
 
 void SyncEngine::On(const std::string& event, Listener listener) {
@@ -102,7 +144,7 @@ void SyncEngine::On(const std::string& event, Listener listener) {
   events_->listeners[event].push_back(std::move(listener));
 }
 
-void SyncEngine::Emit(EngineEvent event) { events_->Emit(event); }
+void SyncEngine::Emit(const EngineEvent& event) { events_->Emit(event); }
 
 void SyncEngine::EventHub::Emit(const EngineEvent& event) {
   std::vector<Listener> targets;
@@ -161,7 +203,7 @@ void SyncEngine::Bury(const Operation& op, const std::string& reason,
   e.name = "dead_letter";
   e.op = op;
   e.error = reason;
-  Emit(std::move(e));
+  Emit(e);
 }
 
 void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::string& error,
@@ -189,11 +231,17 @@ void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::strin
   e.op = op;
   e.delay = delay;
   e.error = error;
-  Emit(std::move(e));
+  Emit(e);
 }
 
 void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary) {
   using Kind = DeliveryResult::Kind;
+  if (r.interrupted) {
+    // Not the op's fault: back in the queue, due now, no backoff, never buried.
+    queue_->Retry(op.id, 0.0, r.error);
+    summary.interrupted = true;
+    return;
+  }
   switch (r.kind) {
     case Kind::kDelivered: {
       queue_->Ack(op.id);
@@ -214,7 +262,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       EngineEvent e;
       e.name = "delivered";
       e.op = op;
-      Emit(std::move(e));
+      Emit(e);
       return;
     }
     case Kind::kNetwork:
@@ -240,7 +288,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       conflict.name = "conflict";
       conflict.op = op;
       conflict.remote = r.remote;
-      Emit(std::move(conflict));
+      Emit(conflict);
       const Resolution decision = resolver_->Resolve(op, r.remote);
       if (decision.kind == Resolution::kUseRemote) {
         queue_->Ack(op.id);  // completed: the server's value stands
@@ -254,7 +302,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
         e.name = "superseded";
         e.op = op;
         e.remote = r.remote;
-        Emit(std::move(e));
+        Emit(e);
         return;
       }
       std::optional<std::string> payload;
@@ -279,6 +327,7 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
     std::lock_guard lock(mu_);
     stats_.in_flight += static_cast<int64_t>(ops.size());
   }
+  DeliveringScope delivering(this, static_cast<int64_t>(ops.size()));
   std::vector<DeliveryResult> results;
   try {
     {
@@ -288,7 +337,16 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
     if (ops.size() > 1 && transport_->SupportsBatch()) {
       results = transport_->SendBatch(ops);
     } else {
-      for (const auto& op : ops) results.push_back(transport_->Send(op));
+      for (const auto& op : ops) {
+        if (!results.empty() && results.back().interrupted) {
+          DeliveryResult not_sent = DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
+                                                           "not sent: the call was interrupted");
+          not_sent.interrupted = true;
+          results.push_back(std::move(not_sent));
+          continue;
+        }
+        results.push_back(transport_->Send(op));
+      }
     }
   } catch (const std::exception& e) {
     results.resize(ops.size(),
@@ -302,10 +360,24 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
     try {
       Apply(ops[i], results[i], summary);
     } catch (const std::exception& e) {
-      // The queue refused (closed, storage failure) or the resolver threw: put the
-      // op back; if even that cannot be written, it stays leased and is put back
-      // once storage accepts writes again (ReleaseLeftovers); never lose the worker.
       Log().error("sync engine: op {}: {}", ops[i].id, e.what());
+      // A user callback broke (the resolver raised or returned the wrong type, the
+      // backoff returned a bad delay): a failed attempt of that op, retried after a
+      // fixed delay (the backoff may be what broke) and dead-lettered after
+      // max_attempts like any failure, never resent in a tight loop.
+      const auto* sync_error = dynamic_cast<const SyncError*>(&e);
+      if (sync_error == nullptr || sync_error->code() == ErrorCode::kInvalidArgument) {
+        try {
+          RetryOrBury(ops[i], kBrokenCallbackRetryDelay, std::string("engine: ") + e.what(),
+                      summary);
+          continue;
+        } catch (const std::exception&) {
+          // the queue refused that too: put it back as below
+        }
+      }
+      // The queue refused (closed, storage failure): put the op back; if even that
+      // cannot be written, it stays leased and is put back once storage accepts
+      // writes again (ReleaseLeftovers); never lose the worker.
       try {
         queue_->Retry(ops[i].id, 0.0, std::string("engine: ") + e.what());
       } catch (const std::exception&) {
@@ -371,6 +443,18 @@ ProcessingSummary SyncEngine::ProcessOnce() {
   ProcessingSummary summary;
   for (size_t i = 0; i < ops.size(); i += options_.batch_size) {
     const size_t end = std::min(ops.size(), i + options_.batch_size);
+    if (summary.interrupted) {
+      // The caller was interrupted: the rest of the round goes back unsent.
+      for (size_t j = i; j < ops.size(); ++j) {
+        try {
+          queue_->Retry(ops[j].id, 0.0, "not sent: the call was interrupted");
+        } catch (const std::exception&) {
+          std::lock_guard lock(mu_);
+          leftovers_.push_back(ops[j].id);
+        }
+      }
+      break;
+    }
     summary.Add(Deliver(std::vector<Operation>(ops.begin() + i, ops.begin() + end)));
   }
   return summary;
@@ -383,6 +467,7 @@ ProcessingSummary SyncEngine::Drain(std::optional<double> timeout) {
   for (;;) {
     const uint64_t seen = waiter->Generation();
     total.Add(ProcessOnce());
+    if (total.interrupted) return total;
     if (queue_->Count() == 0 || clock_->Now() >= deadline) return total;
     if (!Connected()) {
       waiter->WaitUntil(seen, deadline);  // a monitor transition notifies this waiter
@@ -395,13 +480,15 @@ ProcessingSummary SyncEngine::Drain(std::optional<double> timeout) {
   }
 }
 
-void SyncEngine::WorkerLoop() {
+void SyncEngine::WorkerLoop(uint64_t generation) {
   auto waiter = queue_->waiter();
   for (;;) {
     const uint64_t seen = waiter->Generation();
     {
       std::lock_guard lock(mu_);
-      if (stopping_) return;
+      // A Stop() since this worker started (it may have returned already, if this
+      // worker was stuck in a transport past its timeout, or called it itself).
+      if (stopping_ || generation != generation_) return;
     }
     if (waiter->closed()) return;
     if (!Connected()) {
@@ -441,14 +528,17 @@ void SyncEngine::WorkerLoop() {
 
 void SyncEngine::Start() {
   std::lock_guard lock(mu_);
+  AbandonForeignWorkersLocked();
   if (!workers_.empty()) return;
   stopping_ = false;
   queue_->AcquireConsumer();
   // Workers keep the engine alive: one left inside a hung transport call after
   // Stop() timed out may touch it when the call returns.
   auto self = shared_from_this();
+  const uint64_t generation = generation_;
+  workers_pid_ = ::getpid();
   for (int i = 0; i < options_.concurrency; ++i) {
-    workers_.emplace_back([self] { self->WorkerLoop(); });
+    workers_.emplace_back([self, generation] { self->WorkerLoop(generation); });
   }
 }
 
@@ -474,6 +564,18 @@ bool SyncEngine::WaitIdle(std::optional<double> timeout) {
 
 bool SyncEngine::Stop(bool drain, std::optional<double> timeout) {
   if (timeout && (std::isnan(*timeout) || *timeout < 0)) ThrowInvalid("timeout must be >= 0");
+  const std::thread::id self_id = std::this_thread::get_id();
+  bool from_worker = false;
+  {
+    std::lock_guard lock(mu_);
+    if (AbandonForeignWorkersLocked()) return true;  // forked: nothing of ours to stop
+    for (const auto& t : workers_) from_worker = from_worker || t.get_id() == self_id;
+  }
+  if (from_worker && drain) {
+    ThrowInvalid(
+        "stop(drain=True) was called on one of the engine's own worker threads (from a "
+        "listener or the transport): it would wait for itself; use stop() there");
+  }
   // The join below is bounded in real time: stop(timeout) bounds how long the caller
   // blocks, even on a VirtualClock that nobody advances.
   const auto start = std::chrono::steady_clock::now();
@@ -483,20 +585,25 @@ bool SyncEngine::Stop(bool drain, std::optional<double> timeout) {
     std::lock_guard lock(mu_);
     if (workers_.empty()) return true;
     stopping_ = true;
-  }
-  queue_->waiter()->Notify();
-  {
-    std::lock_guard lock(mu_);
+    generation_ += 1;
     workers.swap(workers_);
   }
+  queue_->waiter()->Notify();
+  // Ops in flight on the calling thread (a listener calling stop()) are its own: they
+  // finish after this returns.
+  const int64_t own = t_delivering_engine == this ? t_delivering_ops : 0;
   auto busy = [&] {
     std::lock_guard lock(mu_);
-    return stats_.in_flight > 0;
+    return stats_.in_flight - own > 0;
   };
   // Joining cannot time out; a worker inside a hung transport call is waited for
   // only until the deadline, then detached (it exits after its call returns).
   bool all = true;
   for (auto& t : workers) {
+    if (t.get_id() == self_id) {
+      t.detach();  // this very thread: it exits when its callback returns
+      continue;
+    }
     if (!timeout) {
       t.join();
       continue;

@@ -1,7 +1,10 @@
 #include "cpcsync/sync_queue.h"
 
+#include <unistd.h>
+
 #include <cmath>
 #include <limits>
+#include <new>
 
 #include "cpcsync/errors.h"
 #include "cpcsync/memory_storage.h"
@@ -24,7 +27,8 @@ SyncQueue::SyncQueue(std::unique_ptr<QueueStorage> storage, Limits limits,
       clock_(clock ? std::move(clock) : SystemClock::Default()),
       path_(std::move(path)),
       waiter_(Waiter::Create(clock_)),
-      hlc_(clock_, storage_->MaxHlc()) {}
+      hlc_(clock_, storage_->MaxHlc()),
+      pid_(::getpid()) {}
 
 SyncQueue::~SyncQueue() { Close(); }
 
@@ -42,6 +46,11 @@ std::shared_ptr<SyncQueue> SyncQueue::InMemory(Limits limits, std::shared_ptr<Cl
 }
 
 std::shared_lock<std::shared_mutex> SyncQueue::Guard() const {
+  if (::getpid() != pid_) {
+    throw SyncError(ErrorCode::kClosed,
+                    "this queue handle was opened by process " + std::to_string(pid_) +
+                        " and inherited through fork(); open the queue again in this process");
+  }
   std::shared_lock lock(close_mu_);
   if (closed_.load()) throw SyncError(ErrorCode::kClosed, "queue is closed");
   return lock;
@@ -111,7 +120,7 @@ void SyncQueue::Ack(int64_t id) {
   waiter_->Notify();
 }
 
-void SyncQueue::Retry(int64_t id, double delay, std::optional<std::string> error) {
+void SyncQueue::Retry(int64_t id, double delay, const std::optional<std::string>& error) {
   if (!std::isfinite(delay) || delay < 0) ThrowInvalid("delay must be a finite number >= 0");
   auto guard = Guard();
   EnsureConsumer();
@@ -202,6 +211,15 @@ bool SyncQueue::Wait(std::optional<double> timeout) {
 }
 
 void SyncQueue::Close() {
+  if (::getpid() != pid_) {
+    // A forked child's copy: closing the SQLite connection or waking the waiter here
+    // could disturb the parent (or wait for its threads). Abandon both.
+    if (!closed_.exchange(true)) {
+      (void)storage_.release();              // NOLINT: deliberate leak
+      new std::shared_ptr<Waiter>(waiter_);  // NOLINT: deliberate leak
+    }
+    return;
+  }
   if (closed_.exchange(true)) {
     std::unique_lock wait_for_first(close_mu_);  // returns once the first Close finished
     return;

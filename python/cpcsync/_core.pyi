@@ -994,6 +994,7 @@ class FaultyTransport(Transport):
         clock: Clock | None = None,
         failure: typing.Any = None,
         loop: typing.Any = None,
+        timeout: float = 10.0,
     ) -> None: ...
     def __call__(self, op: Operation) -> None:
         """Send one operation as an engine would; a failure is raised."""

@@ -20,6 +20,18 @@ from cpcsync import errors
 DELIVERED, TRANSIENT, NETWORK, RETRY_AFTER, PERMANENT, CONFLICT = range(6)
 
 
+async def _carry(coro: Coroutine[Any, Any, Any]) -> tuple[bool, Any]:
+    """(True, result), or (False, exc) for a BaseException that would stop the loop."""
+    try:
+        return True, await coro
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        raise
+    except BaseException as exc:  # KeyboardInterrupt, SystemExit, ...
+        return False, exc
+
+
 class LoopRunner:
     """Runs coroutines of async transports: on the user's loop, or on one it owns."""
 
@@ -43,8 +55,15 @@ class LoopRunner:
             return self._own
 
     def run(self, coro: Coroutine[Any, Any, Any]) -> Any:
-        """Run `coro` to completion from a worker thread and return its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self._target()).result()
+        """Run `coro` to completion from a worker thread and return its result.
+
+        A KeyboardInterrupt or SystemExit raised by the coroutine is carried back and
+        raised here, in the calling thread: left alone it would stop the event loop
+        itself (asyncio lets those through), and this call would wait forever."""
+        ok, value = asyncio.run_coroutine_threadsafe(_carry(coro), self._target()).result()
+        if not ok:
+            raise value
+        return value
 
     def close(self) -> None:
         """Stop the loop this runner owns (not the user's)."""
@@ -73,8 +92,12 @@ def describe(exc: BaseException) -> str:
         seen.add(id(current))
         try:
             text = str(current)
-        except Exception:  # an exception whose __str__ raises
+        except BaseException:  # an exception whose __str__ raises (anything at all)
             text = "<unprintable>"
+        if not isinstance(text, str):  # a __str__ that returned something else
+            text = "<unprintable>"
+        # lone surrogates would make the text unencodable for the C++ side
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
         name = type(current).__name__
         parts.append(f"{name}: {text}" if text else name)
         if current.__cause__ is not None:
@@ -100,13 +123,36 @@ def classify(exc: BaseException) -> tuple[int, str, float, Any, Any, Any]:
     return TRANSIENT, text, 0.0, None, None, None  # TransientError and anything unknown
 
 
-def outcome_of(item: Any) -> BaseException | None:
-    """A send_batch result entry: None/True (delivered) or an exception (instance)."""
+def _short_repr(item: Any) -> str:
+    """repr(item), at most 80 characters, never raising (it is only for an error text)."""
+    try:
+        text = repr(item)
+    except BaseException:
+        text = f"<{type(item).__name__}>"
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def outcome_of(item: Any, what: str = "send_batch returned") -> BaseException | None:
+    """A send_batch result entry: None/True (delivered) or an exception (instance).
+
+    Anything else is not a delivery: it becomes a TransientError, so a transport that
+    breaks its contract gets the op retried (and eventually dead-lettered), never
+    silently acknowledged."""
     if item is None or item is True:
         return None
     if isinstance(item, BaseException):
         return item
-    return errors.TransientError(f"send_batch returned {item!r} for an operation")
+    return errors.TransientError(
+        f"{what} {_short_repr(item)} for an operation; expected None (delivered) or an exception"
+    )
+
+
+def result_of(item: Any) -> BaseException | None:
+    """What a plain transport's return value means: None or True is delivered, an
+    exception instance is that failure, anything else (False, a status code, a
+    response object...) a TransientError naming it (transports signal failure by
+    raising)."""
+    return outcome_of(item, "the transport returned")
 
 
 FAULT_KINDS = ("transient", "network", "timeout", "reset", "permanent", "conflict", "retry_after")

@@ -163,6 +163,38 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
     return max(0.0, delta) if math.isfinite(delta) else None
 
 
+class _QueryRedactor(logging.Filter):
+    """Hides the query string of HttpTransport request paths in urllib3's own debug
+    records (``"POST /ops?token=... HTTP/1.1" 200``): ``/ops?***``. Only the exact
+    request paths of transports whose URL has a query are touched."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.paths: dict[str, str] = {}  # request path with query -> redacted form
+
+    def add(self, request_uri: str, path: str) -> None:
+        self.paths[request_uri] = f"{path}?***"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and any(isinstance(a, str) and a in self.paths for a in args):
+            record.args = tuple(
+                self.paths[a] if isinstance(a, str) and a in self.paths else a for a in args
+            )
+        return True
+
+
+_query_redactor = _QueryRedactor()
+_query_redactor_lock = threading.Lock()
+
+
+def _hide_query_from_urllib3_logs(request_uri: str, path: str) -> None:
+    with _query_redactor_lock:
+        if not _query_redactor.paths:
+            logging.getLogger("urllib3.connectionpool").addFilter(_query_redactor)
+        _query_redactor.add(request_uri, path)
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -228,6 +260,8 @@ class HttpTransport:
         self._timeout = float(timeout)
         self._verify = verify
         self._path = parsed.request_uri
+        if parsed.query:  # it may hold a token: keep it out of urllib3's debug log too
+            _hide_query_from_urllib3_logs(self._path, parsed.path or "/")
         port = parsed.port or (443 if scheme == "https" else 80)
         host = parsed.host
         self._origin = f"{scheme}://{host}:{port}"

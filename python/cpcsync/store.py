@@ -22,6 +22,7 @@ docs/offline-store.md.
 
 from __future__ import annotations
 
+import abc
 import json
 import logging
 import math
@@ -549,17 +550,18 @@ class _KeyLocks:
 # the two routes the proxy switches between (the seed's Online / Offline impls)
 
 
-class _Route:
-    """How the store reaches the remote in one network state."""
+class _Route(abc.ABC):
+    """How the store reaches the remote in one network state (_Online or _Offline)."""
 
     name: Literal["online", "offline"]
 
+    @abc.abstractmethod
     def get(self, store: OfflineFirstStore, key: str, default: Any) -> Any:
-        raise NotImplementedError
+        """Read `key` the way this network state allows."""
 
+    @abc.abstractmethod
     def send(self, store: OfflineFirstStore, key: str, text: str, priority: int, hlc: int) -> str:
         """Deliver or queue a write already applied locally: "delivered" or "queued"."""
-        raise NotImplementedError
 
 
 class _Online(_Route):

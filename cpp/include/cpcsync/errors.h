@@ -39,7 +39,10 @@ class SyncError : public std::runtime_error {
 
 // Throws SyncError(kInvalidArgument, message).
 [[noreturn]] void ThrowInvalid(const std::string& message);
+// The text for an errno value (thread-safe, unlike std::strerror).
+std::string ErrnoMessage(int err);
 // Throws SyncError(kStorage, "<what>: <strerror>") nesting SyncError(kOs) for errno.
+// (The message comes from ErrnoMessage.)
 [[noreturn]] void ThrowErrno(const std::string& what);
 
 }  // namespace cpcsync

@@ -81,6 +81,7 @@ struct FaultyTransportOptions {
   std::optional<uint64_t> seed;  // none: from std::random_device
   double latency = 0.0;          // seconds (>= 0)
   double jitter = 0.0;           // seconds (>= 0), uniform on top of latency
+  double timeout = 10.0;         // seconds a kTimeout fault without its own delay waits
 };
 
 class FaultyTransport final : public Transport {
@@ -96,7 +97,7 @@ class FaultyTransport final : public Transport {
   std::vector<DeliveryResult> SendBatch(const std::vector<Operation>& ops) override;
 
   // The next n calls fail with `fault` (queued after faults already queued).
-  void FailNext(int n, Fault fault);
+  void FailNext(int n, const Fault& fault);
   // Calls starting within the next `seconds` on the clock fail with `fault`.
   void FailFor(double seconds, Fault fault);
   // Manual partition: while on, every call fails at once ("partitioned").

@@ -88,8 +88,8 @@ class NetworkMonitor {
 
   // `probe` may be null (manual monitor); `clock` null means SystemClock::Default().
   // Throws SyncError(kInvalidArgument) for out-of-range options.
-  explicit NetworkMonitor(NetworkMonitorOptions options = {}, std::shared_ptr<Probe> probe = {},
-                          std::shared_ptr<Clock> clock = {});
+  explicit NetworkMonitor(const NetworkMonitorOptions& options = {},
+                          std::shared_ptr<Probe> probe = {}, std::shared_ptr<Clock> clock = {});
   ~NetworkMonitor();
   NetworkMonitor(const NetworkMonitor&) = delete;
   NetworkMonitor& operator=(const NetworkMonitor&) = delete;

@@ -41,10 +41,10 @@ struct QueueStats {
   int64_t pending = 0;
   int64_t in_flight = 0;
   int64_t dead = 0;
-  int64_t bytes = 0;  // payload bytes of pending + in flight
-  std::map<int, int64_t> by_priority;        // pending ops per priority
+  int64_t bytes = 0;                   // payload bytes of pending + in flight
+  std::map<int, int64_t> by_priority;  // pending ops per priority
   std::optional<double> oldest_pending_created_at;
-  std::optional<double> next_due;            // earliest next_attempt_at among waiting heads
+  std::optional<double> next_due;  // earliest next_attempt_at among waiting heads
 };
 
 class QueueStorage {
@@ -82,7 +82,7 @@ class QueueStorage {
   // SyncError(kQueueLocked) if another handle is; otherwise makes every in-flight
   // op pending again (its consumer is gone) and calls `wake` from another thread
   // whenever another process stores an op.
-  virtual void AcquireConsumer(double now, std::function<void()> wake) {}
+  virtual void AcquireConsumer(double /*now*/, const std::function<void()>& /*wake*/) {}
   // Highest HLC ever stored (0 when empty).
   virtual uint64_t MaxHlc() = 0;
   virtual void Close() = 0;

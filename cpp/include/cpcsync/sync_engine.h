@@ -25,6 +25,8 @@
 // workers keep their engine alive until Stop().
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
@@ -59,6 +61,7 @@ struct ProcessingSummary {
   std::vector<std::pair<int64_t, std::string>> failed;  // (op id, reason): dead-lettered
   int64_t conflicts = 0;
   int64_t superseded = 0;
+  bool interrupted = false;  // a transport call was interrupted: the round stopped there
   void Add(const ProcessingSummary& other);
 };
 
@@ -100,7 +103,9 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   ProcessingSummary Drain(std::optional<double> timeout);
 
   void Start();
-  // Stops the workers. drain=true first waits (up to timeout) until idle. Ops in
+  // Stops the workers. Callable from a listener or transport running on a worker
+  // (that worker exits once its callback returns; drain=true is refused there, as
+  // it would wait for itself). drain=true first waits (up to timeout) until idle. Ops in
   // flight finish (their results are applied); a worker stuck in the transport past
   // `timeout` is left to finish on its own and its op is made ready again when the
   // queue is next opened. Returns whether every worker stopped in time. The wait for
@@ -129,7 +134,11 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
 
   bool Connected() const;
   bool Idle();
-  void WorkerLoop();
+  void WorkerLoop(uint64_t generation);
+  // In a process forked after Start(): the workers are the parent's threads and do
+  // not exist here. Forgets them (never joined, never destroyed) and returns true.
+  // Needs mu_.
+  bool AbandonForeignWorkersLocked();
   ProcessingSummary Deliver(std::vector<Operation> ops);
   void Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary);
   void RetryOrBury(const Operation& op, double delay, const std::string& error,
@@ -137,7 +146,7 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   void Bury(const Operation& op, const std::string& reason, ProcessingSummary& summary);
   std::shared_ptr<BackoffStrategy> BackoffFor(int64_t id);
   void Forget(int64_t id);
-  void Emit(EngineEvent event);
+  void Emit(const EngineEvent& event);
   // Puts back (pending, due now) the ops whose outcome could not be written (a
   // storage failure left them leased to us); true when none is left over.
   bool ReleaseLeftovers();
@@ -166,6 +175,8 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   std::map<int64_t, std::shared_ptr<BackoffStrategy>> sequences_;  // stateful backoff per op
   EngineStats stats_;
   std::vector<std::thread> workers_;
+  pid_t workers_pid_ = 0;    // the process that started workers_
+  uint64_t generation_ = 0;  // bumped by Stop: a worker of an older generation exits
   bool stopping_ = false;
   size_t latency_next_ = 0;
   int busy_ = 0;  // rounds between a take and the end of their delivery

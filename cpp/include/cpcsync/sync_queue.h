@@ -7,6 +7,8 @@
 // thread. Close() wakes Wait()ers; later calls throw SyncError(kClosed).
 #pragma once
 
+#include <sys/types.h>
+
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -42,7 +44,7 @@ class SyncQueue {
   // Consumer calls (the first one makes this handle the consumer).
   std::vector<Operation> Take(size_t n);
   void Ack(int64_t id);
-  void Retry(int64_t id, double delay, std::optional<std::string> error);
+  void Retry(int64_t id, double delay, const std::optional<std::string>& error);
   void DeadLetter(int64_t id, const std::string& reason);
   std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids);
   int64_t PurgeDead();
@@ -85,6 +87,10 @@ class SyncQueue {
   mutable std::shared_mutex close_mu_;  // shared by calls, exclusive by Close
   std::atomic<bool> closed_{false};
   std::atomic<bool> consumer_{false};
+  // The process that opened the queue. A handle inherited through fork() is not
+  // usable in the child (its SQLite connection and locks are the parent's): every
+  // call raises QueueClosedError there, and closing it leaves the parent's state alone.
+  const pid_t pid_;
 };
 
 }  // namespace cpcsync

@@ -30,6 +30,10 @@ struct DeliveryResult {
   std::string error;         // what went wrong (with its cause chain), for last_error
   double retry_after = 0.0;  // for kRetryAfter
   Remote remote;             // for kConflict: the server's value, hlc and version
+  // The call was interrupted by the caller of ProcessOnce/Drain (Python's
+  // KeyboardInterrupt or SystemExit on that thread): the op is put back, due at
+  // once and never dead-lettered for it, and the round stops.
+  bool interrupted = false;
 
   static DeliveryResult Delivered() { return {}; }
   static DeliveryResult Failed(Kind kind, std::string error) {

@@ -39,7 +39,7 @@ class Connection;
 // Recycles the I/O buffers (one thread only).
 class BufferPool {
  public:
-  static constexpr size_t kSize = 64 * 1024;
+  static constexpr size_t kSize = size_t{64} * 1024;
   std::unique_ptr<char[]> Take();
   void Give(std::unique_ptr<char[]> buffer);
 

@@ -1,5 +1,7 @@
 #include "proxy/toxics.h"
 
+#include <fmt/format.h>
+
 #include <array>
 #include <cmath>
 #include <string_view>
@@ -71,9 +73,12 @@ void CheckAttributes(const TypeInfo& info, const std::map<std::string, int64_t>&
     }
     if (attr == nullptr) {
       std::string known;
-      for (const AttrInfo& a : info.attrs) known += std::string(known.empty() ? "" : ", ") + a.name;
-      ThrowInvalid("FaultProxy: toxic '" + toxic_name + "' (" + info.name + ") has no attribute '" +
-                   key + "' (it has: " + known + ")");
+      for (const AttrInfo& a : info.attrs) {
+        if (!known.empty()) known += ", ";
+        known += a.name;
+      }
+      ThrowInvalid(fmt::format("FaultProxy: toxic '{}' ({}) has no attribute '{}' (it has: {})",
+                               toxic_name, info.name, key, known));
     }
     if (value < attr->min || value > attr->max) {
       ThrowInvalid("FaultProxy: " + std::string(info.name) + " attribute '" + key +

@@ -1,18 +1,18 @@
 #include "sqlite/consumer_lock.h"
 
 #include <poll.h>
+#include <pthread.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <pthread.h>
-
 #include <cerrno>
-#include <mutex>
-#include <set>
 #include <cstring>
+#include <mutex>
+#include <new>
+#include <set>
 
 #include "cpcsync/errors.h"
 #include "cpcsync/log.h"
@@ -107,12 +107,15 @@ ConsumerLock::~ConsumerLock() {
     registry.locks.erase(this);
   }
   if (forked_) {
-    listener_.detach();
+    // The listener is the parent's thread: pthread_detach() of it fails here (ESRCH,
+    // which std::thread turns into an exception, and a destructor into abort()).
+    // Forget the handle without touching the thread.
+    new (&listener_) std::thread();
     return;
   }
   const uint64_t one = 1;
   if (::write(stop_fd_, &one, sizeof(one)) < 0) {
-    Log().error("consumer lock: cannot signal listener: {}", std::strerror(errno));
+    Log().error("consumer lock: cannot signal listener: {}", ErrnoMessage(errno));
   }
   if (listener_.joinable()) listener_.join();
   ::close(stop_fd_);
@@ -126,7 +129,7 @@ void ConsumerLock::Listen() {
     const int rc = ::poll(fds, 2, -1);
     if (rc < 0) {
       if (errno == EINTR) continue;
-      Log().error("consumer lock: poll failed: {}", std::strerror(errno));
+      Log().error("consumer lock: poll failed: {}", ErrnoMessage(errno));
       return;
     }
     if (fds[1].revents) return;

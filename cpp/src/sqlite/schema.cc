@@ -76,15 +76,7 @@ constexpr std::array<const char*, kSchemaVersion> kMigrations = {
 }
 
 [[noreturn]] void OsError(const std::string& path, const std::string& what) {
-  const int err = errno;
-  try {
-    throw SyncError(ErrorCode::kOs, std::strerror(err), err);
-  } catch (...) {
-    std::throw_with_nested(SyncError(ErrorCode::kStorage,
-                                     "cannot " + what + " queue file '" + path + "': " +
-                                         std::strerror(err),
-                                     err));
-  }
+  ThrowErrno("cannot " + what + " queue file '" + path + "'");
 }
 
 uint32_t BigEndian32(const unsigned char* p) {
@@ -166,7 +158,13 @@ void Migrate(Db& db) {
   if (found < 1) throw SyncError(ErrorCode::kNotAQueue, "queue file has no schema version");
   db.Exec("BEGIN IMMEDIATE");
   try {
-    for (int v = UserVersion(db) + 1; v <= kSchemaVersion; ++v) db.Exec(kMigrations[v - 1]);
+    // Read again under the write lock: another process may have changed it since.
+    const int from = UserVersion(db);
+    if (from < 1 || from > kSchemaVersion) {
+      throw SyncError(ErrorCode::kNotAQueue,
+                      "queue file's schema version changed to " + std::to_string(from));
+    }
+    for (int v = from + 1; v <= kSchemaVersion; ++v) db.Exec(kMigrations[v - 1]);
     db.Exec(("PRAGMA user_version = " + std::to_string(kSchemaVersion)).c_str());
     db.Exec("COMMIT");
   } catch (...) {

@@ -35,6 +35,10 @@ class FaultyTransport(_core.FaultyTransport):
     ``cs.ConflictError(remote, remote_timestamp, remote_version)``,
     ``cs.PermanentError("400")``, ``TimeoutError()``, ``ConnectionResetError()``...).
 
+    A ``"timeout"`` fault (or a ``TimeoutError`` spec) waits ``timeout`` seconds
+    (default 10, like HttpTransport's) on the clock before it fails, as a real
+    timeout would. ``failure`` is what ``failure_rate`` injects (default transient).
+
     Called directly (``ft(op)``) it raises what a Python transport would raise, so it
     also serves as the ``remote`` of code under test. ``history`` lists every call
     (:class:`Attempt`: time, op_id, key, priority, outcome, error, latency).
@@ -53,6 +57,7 @@ class FaultyTransport(_core.FaultyTransport):
         jitter: float = 0.0,
         failure: Any = None,
         loop: Any = None,
+        timeout: float = 10.0,
     ) -> None:
         super().__init__(
             inner,
@@ -64,6 +69,7 @@ class FaultyTransport(_core.FaultyTransport):
             clock=clock,
             failure=failure,
             loop=loop,
+            timeout=timeout,
         )
 
     @contextmanager

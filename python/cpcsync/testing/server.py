@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import socket
 import sqlite3
 import tempfile
@@ -37,6 +38,7 @@ from typing import Any
 __all__ = ["SyncServer"]
 
 _log = logging.getLogger("cpcsync.testing.server")
+_QUERY = re.compile(r"\?[^\s\"]*")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS entities (
@@ -70,7 +72,9 @@ class _Handler(BaseHTTPRequestHandler):
             self.server.owner._connection_closed(self.connection)
 
     def log_message(self, format: str, *args: Any) -> None:
-        _log.debug("%s " + format, self.address_string(), *args)
+        # the request line's query string may hold a credential: never logged
+        safe = tuple(_QUERY.sub("?***", a) if isinstance(a, str) else a for a in args)
+        _log.debug("%s " + format, self.address_string(), *safe)
 
     def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
