@@ -258,6 +258,7 @@ class SqliteStorage final : public QueueStorage {
       RecoverOrphanedLeases();
     }
     ForkGuard::Add(&db_mu_);
+    if (checkpointer_) ForkGuard::Add(&checkpointer_->work_mutex());
   }
 
   ~SqliteStorage() override {
@@ -368,8 +369,8 @@ class SqliteStorage final : public QueueStorage {
     Txn txn(*this, Durability::kNormal);
     auto b = GetBrief(id);
     if (!b || b->state == OpState::kDead) {
-      throw SyncError(ErrorCode::kOperationState,
-                      "dead_letter: operation " + std::to_string(id) + " is not pending or in flight");
+      throw SyncError(ErrorCode::kOperationState, "dead_letter: operation " + std::to_string(id) +
+                                                      " is not pending or in flight");
     }
     DeadLetterLocked(id, reason, now);
     txn.Commit();
@@ -530,7 +531,8 @@ class SqliteStorage final : public QueueStorage {
     Txn txn(*this, Durability::kNormal);
     const int64_t n = ResetInFlightLocked(now);
     txn.Commit();
-    if (n > 0) Log().info("queue '{}': {} in-flight ops of a previous consumer are pending again", path_, n);
+    if (n > 0)
+      Log().info("queue '{}': {} in-flight ops of a previous consumer are pending again", path_, n);
     consumer_ = std::move(lock_holder);
     is_consumer_.store(true);
   }
@@ -554,10 +556,12 @@ class SqliteStorage final : public QueueStorage {
     Txn txn(*this, Durability::kNormal);
     const int64_t n = ResetInFlightLocked(0);
     txn.Commit();
-    if (n > 0) Log().info("queue '{}': {} in-flight ops of a dead consumer are pending again", path_, n);
+    if (n > 0)
+      Log().info("queue '{}': {} in-flight ops of a dead consumer are pending again", path_, n);
   }
 
   void Close() override {
+    StopCheckpointer();
     std::lock_guard lock(db_mu_);
     if (!db_.get()) return;
     if (consumer_) {
@@ -571,10 +575,6 @@ class SqliteStorage final : public QueueStorage {
       }
       consumer_.reset();
       is_consumer_.store(false);
-    }
-    if (checkpointer_) {
-      sqlite::Checkpointer::Detach(db_.get());
-      checkpointer_.reset();
     }
     stmts_.reset();
     db_.Close();
@@ -745,15 +745,16 @@ class SqliteStorage final : public QueueStorage {
       if (kind != sqlite::FileKind::kQueue) {
         throw SyncError(ErrorCode::kNotAQueue,
                         "'" + path_ + "' is not a cpcsync queue (read-only open of " +
-                            (kind == sqlite::FileKind::kMissing ? "a missing" : "an empty") + " file)");
+                            (kind == sqlite::FileKind::kMissing ? "a missing" : "an empty") +
+                            " file)");
       }
       db_.Open(path_, SQLITE_OPEN_READONLY);
       Configure();
       const int v = sqlite::UserVersion(db_);
       if (v != sqlite::kSchemaVersion) {
-        throw SyncError(ErrorCode::kNotAQueue,
-                        "queue file has schema version " + std::to_string(v) +
-                            "; open it read-write once to migrate it");
+        throw SyncError(ErrorCode::kNotAQueue, "queue file has schema version " +
+                                                   std::to_string(v) +
+                                                   "; open it read-write once to migrate it");
       }
       return;
     }
@@ -769,17 +770,28 @@ class SqliteStorage final : public QueueStorage {
     // slows that sync more than an inline one costs (enqueue "full" measured 1.04-1.11x
     // of the raw SQLite ceiling without it, 1.29-1.43x with it): keep SQLite's own.
     if (options_.durability != Durability::kFull) {
-      checkpointer_ = std::make_unique<sqlite::Checkpointer>(
-          path_, options_.busy_timeout_ms,
-          options_.durability == Durability::kOff ? "OFF" : "NORMAL");
+      checkpointer_ =
+          std::make_unique<sqlite::Checkpointer>(path_, options_.busy_timeout_ms,
+                                                 /*sync=*/options_.durability != Durability::kOff);
       checkpointer_->Attach(db_.get());
     }
+  }
+
+  // Before db_mu_: fork()'s guard may hold the checkpointer's mutex while it waits for
+  // db_mu_, and stopping the thread can need that mutex. No storage call overlaps Close
+  // (SyncQueue takes its close lock exclusively), so nothing commits meanwhile.
+  void StopCheckpointer() {
+    if (!checkpointer_) return;
+    ForkGuard::Remove(&checkpointer_->work_mutex());
+    sqlite::Checkpointer::Detach(db_.get());
+    checkpointer_.reset();
   }
 
   void Configure() {
     sqlite3_busy_timeout(db_.get(), options_.busy_timeout_ms);
     // Reading page 1 now turns a damaged header into an error at open time.
-    db_.Exec("PRAGMA cache_size=-8192; PRAGMA temp_store=MEMORY; SELECT count(*) FROM sqlite_schema");
+    db_.Exec(
+        "PRAGMA cache_size=-8192; PRAGMA temp_store=MEMORY; SELECT count(*) FROM sqlite_schema");
   }
 
   void RequireWritable(const char* what) {
@@ -904,7 +916,6 @@ class SqliteStorage final : public QueueStorage {
     }
   }
 
-
   bool Over(const Limits& limits) const {
     return (limits.max_ops && counters_.live_ops > *limits.max_ops) ||
            (limits.max_bytes && counters_.live_bytes > *limits.max_bytes);
@@ -922,7 +933,8 @@ class SqliteStorage final : public QueueStorage {
       {
         Use q(st().lane_last);
         q->BindText(1, *op.key);
-        if (q->Step() && q->Int(2) == static_cast<int>(OpState::kPending) && q->Text(1) == op.kind) {
+        if (q->Step() && q->Int(2) == static_cast<int>(OpState::kPending) &&
+            q->Text(1) == op.kind) {
           target = q->Int(0);
           old_size = q->Int(3);
           old_prio = static_cast<int>(q->Int(4));
@@ -1097,7 +1109,8 @@ class SqliteStorage final : public QueueStorage {
       Use(st().unlease)->Bind(1, id).Run();
       counters_.AddPending(prio, 1);
       // Leased ops were due when taken, so they are ready at once.
-      ScheduleAt(id, key ? LanePrio(*key, prio) : prio, -std::numeric_limits<double>::infinity(), now);
+      ScheduleAt(id, key ? LanePrio(*key, prio) : prio, -std::numeric_limits<double>::infinity(),
+                 now);
     }
     return static_cast<int64_t>(leased.size());
   }

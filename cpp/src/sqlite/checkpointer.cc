@@ -9,12 +9,16 @@
 
 namespace cpcsync::sqlite {
 
-Checkpointer::Checkpointer(const std::string& path, int busy_timeout_ms, const char* sync)
+Checkpointer::Checkpointer(const std::string& path, int busy_timeout_ms, bool sync)
     : owner_(::getpid()) {
   db_.Open(path, SQLITE_OPEN_READWRITE);
   sqlite3_busy_timeout(db_.get(), busy_timeout_ms);
-  const std::string pragmas = std::string("PRAGMA cache_size=-256; PRAGMA synchronous=") + sync;
-  db_.Exec(pragmas.c_str());
+  db_.Exec("PRAGMA cache_size=-256");
+  if (sync) {
+    db_.Exec("PRAGMA synchronous=NORMAL");
+  } else {
+    db_.Exec("PRAGMA synchronous=OFF");
+  }
   sqlite3_wal_autocheckpoint(db_.get(), 0);  // this connection never commits anyway
   thread_ = std::thread([this] { Run(); });
 }
@@ -78,12 +82,16 @@ void Checkpointer::Run() {
     if (stop_) return;
     wanted_ = false;
     lock.unlock();
-    int log = 0, done = 0;
-    const int rc =
-        sqlite3_wal_checkpoint_v2(db_.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, &log, &done);
-    if (rc != SQLITE_OK && rc != SQLITE_BUSY) {
-      Log().warn("background checkpoint failed: {} (SQLite code {})", sqlite3_errmsg(db_.get()),
-                 rc);
+    int rc = SQLITE_OK;
+    std::string error;
+    {
+      std::lock_guard work(work_mu_);
+      rc = sqlite3_wal_checkpoint_v2(db_.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                     nullptr);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY) error = sqlite3_errmsg(db_.get());
+    }
+    if (!error.empty()) {
+      Log().warn("background checkpoint failed: {} (SQLite code {})", error, rc);
     }
     lock.lock();
     ++checkpoints_;

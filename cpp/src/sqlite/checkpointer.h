@@ -35,9 +35,9 @@ class Checkpointer {
   static constexpr int kInlineFrames = 8 * kFrames;
 
   // Opens its connection to `path` (which must exist, in WAL mode) and starts the
-  // thread. `sync`: the PRAGMA synchronous value for checkpoints ("NORMAL" syncs the
-  // WAL before and the database after each, as the automatic checkpoint does).
-  Checkpointer(const std::string& path, int busy_timeout_ms, const char* sync);
+  // thread. `sync`: whether checkpoints sync (synchronous=NORMAL: the WAL before and
+  // the database after each, as the automatic checkpoint does) or not (OFF).
+  Checkpointer(const std::string& path, int busy_timeout_ms, bool sync);
   // Stops and joins the thread (in a forked child, where the thread does not run, it
   // only lets go of it) and closes the connection.
   ~Checkpointer();
@@ -56,6 +56,11 @@ class Checkpointer {
 
   int checkpoints() const;  // completed background checkpoints (for tests)
 
+  // Held by the thread while it is inside SQLite. fork() must take it first (the
+  // storage registers it with its fork guard), so a child never inherits SQLite's
+  // per-file lock bookkeeping in the middle of a checkpoint.
+  std::mutex& work_mutex() { return work_mu_; }
+
  private:
   static int Hook(void* self, sqlite3* db, const char* name, int frames);
   void Wake();
@@ -65,6 +70,7 @@ class Checkpointer {
   const pid_t owner_;
   int frames_ = 0;           // the WAL's size at the last commit (committing thread)
   int next_wake_ = kFrames;  // wake the thread when frames_ reaches this (likewise)
+  std::mutex work_mu_;
   mutable std::mutex mu_;
   std::condition_variable cv_;
   bool wanted_ = false;  // guarded by mu_
