@@ -98,11 +98,11 @@ TEST(StorageCrash, FullKeepsEveryReturnedEnqueueAtEverySyncPoint) {
   CrashAtEverySync(Durability::kFull, 12, 16);
 }
 
-// 40 KiB payloads fill the WAL to SQLite's auto-checkpoint (1000 pages) within the
-// run, so power is also lost at each sync of a checkpoint.
+// 160 KiB payloads fill the WAL past a "full" handle's inline checkpoint (4,000
+// frames) within the run, so power is also lost at each sync of a checkpoint.
 TEST(StorageCrash, FullAcrossCheckpoints) {
   if (!testing::LongSweep()) GTEST_SKIP() << "CPCSYNC_FAULT_SWEEP=full runs this";
-  CrashAtEverySync(Durability::kFull, 60, 40 * 1024);
+  CrashAtEverySync(Durability::kFull, 60, 160 * 1024);  // > 4,000 frames
 }
 
 TEST(StorageCrash, NormalKeepsAConsistentPrefixAcrossCheckpoints) {

@@ -69,6 +69,9 @@ class ForkGuard {
   std::set<std::mutex*> connections_;
 };
 
+// WAL frames after which a handle at "full" checkpoints inline (SQLite default: 1,000).
+constexpr int kFullAutoCheckpointFrames = 4000;
+
 constexpr const char* kOpColumns =
     "id, kind, key, payload, priority, idempotency_key, hlc, created_at, attempts, "
     "next_attempt_at, last_error, state, expires_at, first_attempt_at, base_version";
@@ -774,6 +777,10 @@ class SqliteStorage final : public QueueStorage {
           std::make_unique<sqlite::Checkpointer>(path_, options_.busy_timeout_ms,
                                                  /*sync=*/options_.durability != Durability::kOff);
       checkpointer_->Attach(db_.get());
+    } else {
+      // Fewer, larger inline checkpoints: a page dirtied by several commits is copied
+      // once (take+ack at 10,000,000 pending: 1.34x of 10,000 -> 1.22x).
+      sqlite3_wal_autocheckpoint(db_.get(), kFullAutoCheckpointFrames);
     }
   }
 
@@ -789,9 +796,12 @@ class SqliteStorage final : public QueueStorage {
 
   void Configure() {
     sqlite3_busy_timeout(db_.get(), options_.busy_timeout_ms);
+    // Page cache up to 32 MiB (allocated as used): with a backlog of millions over many
+    // keys, each lane's head and tail index leaves are touched in turn; an 8 MiB cache
+    // re-read them (take+ack at 10,000,000 pending: 1.52x of 10,000 -> 1.34x).
     // Reading page 1 now turns a damaged header into an error at open time.
     db_.Exec(
-        "PRAGMA cache_size=-8192; PRAGMA temp_store=MEMORY; SELECT count(*) FROM sqlite_schema");
+        "PRAGMA cache_size=-32768; PRAGMA temp_store=MEMORY; SELECT count(*) FROM sqlite_schema");
   }
 
   void RequireWritable(const char* what) {
