@@ -95,6 +95,17 @@ FINDINGS = """\
   anyway (the "full" rows below). So the "full" rows here show the backlog's effect
   with the inline checkpoint, the "normal" rows with the thread (take+ack included: a
   handle's commits all go through the same connection).
+- *A cache smaller than the backlog's hot pages.* With millions of ops over 1,000 keys,
+  each lane's head (takes) and tail (enqueues) sit in index leaves of their own, so the
+  pages touched in turn outgrow an 8 MiB page cache: take+ack at 10,000,000 pending
+  re-read leaves from the OS (pread calls per take+ack: 1 at 10,000, 3.3 at 3,000,000)
+  and one full run measured take+ack "full" at 1.52x of its cost at 10,000. The page
+  cache is now up to 32 MiB per handle (allocated as used), and a handle at "full"
+  checkpoints inline every 4,000 WAL frames instead of 1,000, so a leaf dirtied by
+  several commits is copied once. Measured alone (5 rounds of 1,200 take+acks, cost at
+  the backlog over cost at 10,000): at 3,000,000, "full" 1.30x -> 1.25x and "normal"
+  1.28x -> 1.16x with the larger cache; at 10,000,000, "full" 1.34x with the cache ->
+  1.22x with the larger checkpoint interval ("normal" 1.17-1.18x).
 - *Limits of this disk.* An enqueue at "full" is one commit with one fdatasync: its cost
   is the disk's (the reference row measures write+fdatasync in the same rounds), at
   every backlog size.
