@@ -58,11 +58,14 @@ if wants py; then
   export ASAN_OPTIONS=detect_leaks=0:halt_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1
   "$PY" -c "import cpcsync._core as c, sys; sys.exit(0 if '$site' in c.__file__ else 'not the ASan module: ' + c.__file__)"
   # shellcheck disable=SC2086  # word splitting of the pytest arguments is wanted
-  # Left out: an RSS bound (ASan's quarantine keeps freed memory) and a probe-timing
-  # test that ASan's slowdown turns into a missed probe (docs/reliability-storage.md).
+  # Left out: an RSS bound (ASan's quarantine keeps freed memory), a probe-timing test
+  # that ASan's slowdown turns into a missed probe, and fork() from a process whose
+  # threads allocate: this libasan does not take its allocator's locks around fork(), so
+  # the child can inherit one held and hang in ASan's own malloc (docs/reliability-storage.md).
   "$PY" -m pytest -q -p no:cacheprovider ${SANITIZE_PYTEST:--m "not slow" \
     --deselect tests_py/test_seed_matrix.py::TestLargeQueue::test_large_queue_processing_memory_remains_stable \
-    --deselect tests_py/test_network_monitor.py::test_dropping_a_probing_monitor_stops_its_thread}
+    --deselect tests_py/test_network_monitor.py::test_dropping_a_probing_monitor_stops_its_thread \
+    --deselect "tests_py/test_bad_inputs.py::test_bad_input[fork_after_engine_start]"}
   unset LD_PRELOAD PYTHONPATH ASAN_OPTIONS UBSAN_OPTIONS
 fi
 

@@ -144,9 +144,12 @@ CallerScope::CallerScope() : previous_(t_caller_scope) { t_caller_scope = this; 
 
 CallerScope::~CallerScope() {
   t_caller_scope = previous_;
-  if (stashed_ && Py_IsInitialized()) {
+  if (!stashed_ || !Py_IsInitialized()) return;
+  try {
     py::gil_scoped_acquire gil;
     stashed_ = py::object();
+  } catch (...) {              // the GIL could not be taken: leak it, never throw here
+    (void)stashed_.release();  // NOLINT: without the GIL it must not be touched
   }
 }
 

@@ -7,6 +7,7 @@
 #include <limits>
 #include <new>
 
+#include "abandon.h"
 #include "cpcsync/errors.h"
 #include "cpcsync/log.h"
 
@@ -124,9 +125,9 @@ bool SyncEngine::AbandonForeignWorkersLocked() {
   if (workers_.empty() || workers_pid_ == ::getpid()) return false;
   // Joining, detaching or destroying a joinable std::thread of the parent would
   // fail or abort; waking the parent's waiters could block. Leak them instead.
-  new std::vector<std::thread>(std::move(workers_));  // NOLINT: deliberate leak
+  Abandon(std::move(workers_));
   workers_.clear();
-  new std::shared_ptr<Waiter>(idle_);  // NOLINT: never destroyed (its waiters are not here)
+  Abandon(idle_);  // never destroyed (its waiters are not here)
   stopping_ = false;
   return true;
 }
@@ -190,8 +191,7 @@ void SyncEngine::Forget(int64_t id) {
   sequences_.erase(id);
 }
 
-void SyncEngine::Bury(const Operation& op, const std::string& reason,
-                      ProcessingSummary& summary) {
+void SyncEngine::Bury(const Operation& op, const std::string& reason, ProcessingSummary& summary) {
   queue_->DeadLetter(op.id, reason);
   Forget(op.id);
   summary.failed.emplace_back(op.id, reason);
@@ -309,11 +309,11 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       if (decision.kind == Resolution::kMerge) payload = decision.payload;
       queue_->SetBaseVersion(op.id, r.remote.version, payload);
       // Resent at once: the conflict is resolved, not a failure to back off from.
-      RetryOrBury(op, 0.0, "conflict resolved (" + std::string(decision.kind == Resolution::kMerge
-                                                                    ? "merge"
-                                                                    : "use_local") +
-                               "); resending against version " +
-                               (r.remote.version ? std::to_string(*r.remote.version) : "?"),
+      RetryOrBury(op, 0.0,
+                  "conflict resolved (" +
+                      std::string(decision.kind == Resolution::kMerge ? "merge" : "use_local") +
+                      "); resending against version " +
+                      (r.remote.version ? std::to_string(*r.remote.version) : "?"),
                   summary);
       return;
     }
@@ -349,8 +349,7 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
       }
     }
   } catch (const std::exception& e) {
-    results.resize(ops.size(),
-                   DeliveryResult::Failed(DeliveryResult::Kind::kTransient, e.what()));
+    results.resize(ops.size(), DeliveryResult::Failed(DeliveryResult::Kind::kTransient, e.what()));
   }
   if (results.size() != ops.size()) {
     results.resize(ops.size(), DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
@@ -611,7 +610,8 @@ bool SyncEngine::Stop(bool drain, std::optional<double> timeout) {
     while (busy()) {
       const uint64_t seen = idle_->Generation();
       const double left =
-          *timeout - std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+          *timeout -
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       if (left <= 0 || !busy()) break;
       idle_->WaitForReal(seen, left);
     }

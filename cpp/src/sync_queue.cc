@@ -6,6 +6,7 @@
 #include <limits>
 #include <new>
 
+#include "abandon.h"
 #include "cpcsync/errors.h"
 #include "cpcsync/memory_storage.h"
 #include "ids.h"
@@ -215,8 +216,8 @@ void SyncQueue::Close() {
     // A forked child's copy: closing the SQLite connection or waking the waiter here
     // could disturb the parent (or wait for its threads). Abandon both.
     if (!closed_.exchange(true)) {
-      (void)storage_.release();              // NOLINT: deliberate leak
-      new std::shared_ptr<Waiter>(waiter_);  // NOLINT: deliberate leak
+      Abandon(std::move(storage_));
+      Abandon(waiter_);
     }
     return;
   }

@@ -6,6 +6,7 @@
 #include <cstring>
 #include <span>
 
+#include "cpcsync/errors.h"
 #include "cpcsync/log.h"
 
 namespace cpcsync::proxy {
@@ -294,12 +295,12 @@ void Pipe::SpliceIn() {
         return;
       case SpliceRelay::Status::kError:
         Log().debug("FaultProxy connection {}: read failed: {}", connection_.id(),
-                    std::strerror(r.error));
+                    ErrnoMessage(r.error));
         connection_.Close(r.error == ECONNRESET ? CloseMode::kReset : CloseMode::kGraceful,
                           "read failed");
         return;
       case SpliceRelay::Status::kUnsupported:
-        Log().debug("FaultProxy: splice unsupported ({}); copying instead", std::strerror(r.error));
+        Log().debug("FaultProxy: splice unsupported ({}); copying instead", ErrnoMessage(r.error));
         RelayToQueue();
         splice_off_ = true;
         ReadBuffered();
@@ -320,7 +321,7 @@ bool Pipe::DrainRelay() {
       return false;
     default:
       Log().debug("FaultProxy connection {}: write failed: {}", connection_.id(),
-                  std::strerror(r.error));
+                  ErrnoMessage(r.error));
       connection_.Close(r.error == ECONNRESET ? CloseMode::kReset : CloseMode::kGraceful,
                         "write failed");
       return false;

@@ -5,6 +5,7 @@
 #include <string>
 #include <utility>
 
+#include "abandon.h"
 #include "cpcsync/log.h"
 
 namespace cpcsync::sqlite {
@@ -34,7 +35,7 @@ Checkpointer::~Checkpointer() {
   } else {
     // A forked child: the thread stayed in the parent. Let go of the handle without
     // touching it (joining would wait forever, and a joinable std::thread terminates).
-    new std::thread(std::move(thread_));  // NOLINT: deliberately leaked
+    Abandon(std::move(thread_));
   }
   db_.Close();
 }
