@@ -90,40 +90,28 @@ class PyBackoffStrategy : public BackoffStrategy, public py::trampoline_self_lif
 class CallableBackoff final : public BackoffStrategy {
  public:
   explicit CallableBackoff(py::object fn) : fn_(std::move(fn)) {}  // called with the GIL
-  ~CallableBackoff() override {
-    // The last owner may be a C++ thread without the GIL.
-    try {
-      if (Py_IsInitialized()) {
-        py::gil_scoped_acquire gil;
-        fn_ = py::object();
-        return;
-      }
-    } catch (...) {  // the GIL could not be taken: leak the callable, never throw here
-    }
-    fn_.release();
-  }
 
   double NextDelay(int attempt) override {
     CheckAttempt(attempt);
     py::gil_scoped_acquire gil;
-    py::object result = fn_(attempt);
-    return DelayFromPython(result, fn_);
+    py::object result = fn_.get()(attempt);
+    return DelayFromPython(result, fn_.get());
   }
 
   StrategyPtr Clone() const override {
     py::gil_scoped_acquire gil;
-    return std::make_shared<CallableBackoff>(fn_);
+    return std::make_shared<CallableBackoff>(fn_.get());
   }
 
   std::string Describe() const override {
     py::gil_scoped_acquire gil;
-    return "CallableBackoff(" + std::string(py::repr(fn_)) + ")";
+    return "CallableBackoff(" + std::string(py::repr(fn_.get())) + ")";
   }
 
-  py::object fn() const { return fn_; }
+  py::object fn() const { return fn_.get(); }  // needs the GIL
 
  private:
-  py::object fn_;
+  PyRef fn_;  // the last owner may be a C++ thread without the GIL
 };
 
 StrategyPtr BackoffFromPython(py::handle obj) {

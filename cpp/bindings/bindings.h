@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace cpcsync {
@@ -45,8 +46,12 @@ std::shared_ptr<BackoffStrategy> BackoffFromPython(py::handle obj);
 // TypeError otherwise. Needs the GIL.
 std::shared_ptr<ConflictResolver> ResolverFromPython(py::handle obj);
 
-// A Python object owned from C++: released with the GIL held, or leaked if the
-// interpreter is already gone (never touched without the GIL).
+// True once Python must not be touched from C++: not initialised, or finalising.
+bool PythonFinalizing();
+
+// A Python object owned from C++ by something that may die on any thread, with or
+// without the GIL: released with the GIL taken, or leaked if the interpreter is
+// finalising or the GIL cannot be taken (never touched without the GIL; never throws).
 class PyRef {
  public:
   explicit PyRef(py::object obj);
@@ -74,7 +79,7 @@ std::shared_ptr<Transport> TransportFromPython(py::handle transport, const py::o
 class CallerScope {
  public:
   CallerScope();
-  ~CallerScope();  // needs the GIL if an exception was stashed and not rethrown
+  ~CallerScope();  // a stash not rethrown is released as PyRef does
   CallerScope(const CallerScope&) = delete;
   CallerScope& operator=(const CallerScope&) = delete;
   // True when `e` is a BaseException that is not an Exception. Needs the GIL.
@@ -87,7 +92,7 @@ class CallerScope {
 
  private:
   CallerScope* previous_;
-  py::object stashed_;
+  std::optional<PyRef> stashed_;
 };
 
 // A DeliveryResult as the arguments of cpcsync._engine.raise_result:

@@ -122,28 +122,16 @@ std::string ResolutionRepr(const Resolution& r) {
 class CallableResolver final : public ConflictResolver {
  public:
   explicit CallableResolver(py::object fn) : fn_(std::move(fn)) {}  // called with the GIL
-  ~CallableResolver() override {
-    // The last owner may be a C++ thread without the GIL.
-    try {
-      if (Py_IsInitialized()) {
-        py::gil_scoped_acquire gil;
-        fn_ = py::object();
-        return;
-      }
-    } catch (...) {  // the GIL could not be taken: leak the callable, never throw here
-    }
-    fn_.release();
-  }
 
   Resolution Resolve(const Operation& local, const Remote& remote) override {
     py::gil_scoped_acquire gil;
-    return CallPython(fn_, fn_, local, remote);
+    return CallPython(fn_.get(), fn_.get(), local, remote);
   }
 
-  py::object fn() const { return fn_; }
+  py::object fn() const { return fn_.get(); }  // needs the GIL
 
  private:
-  py::object fn_;
+  PyRef fn_;  // the last owner may be a C++ thread without the GIL
 };
 
 ResolverPtr ResolverFromPython(py::handle obj) {

@@ -135,11 +135,7 @@ class Bridge {
   }
 
   static void Deliver(const std::deque<Record>& batch, uint64_t dropped) {
-#if PY_VERSION_HEX >= 0x030D0000
-    if (!Py_IsInitialized() || Py_IsFinalizing()) return;
-#else
-    if (!Py_IsInitialized() || _Py_IsFinalizing()) return;
-#endif
+    if (PythonFinalizing()) return;
     py::gil_scoped_acquire gil;
     try {
       py::object logger = py::module_::import("logging").attr("getLogger")("cpcsync");

@@ -27,14 +27,6 @@ namespace {
 
 using MonitorPtr = std::shared_ptr<NetworkMonitor>;
 
-bool Finalizing() {
-#if PY_VERSION_HEX >= 0x030D0000
-  return !Py_IsInitialized() || Py_IsFinalizing();
-#else
-  return !Py_IsInitialized() || _Py_IsFinalizing();
-#endif
-}
-
 // A Python callable owned by C++ objects that may die on any thread, with or without
 // the GIL. Call() takes the GIL for the call only.
 class PyCallable {
@@ -42,32 +34,20 @@ class PyCallable {
   explicit PyCallable(py::object fn) : fn_(std::move(fn)) {}
   PyCallable(const PyCallable&) = delete;
   PyCallable& operator=(const PyCallable&) = delete;
-  ~PyCallable() {
-    if (!fn_) return;
-    if (Finalizing()) {
-      fn_.release();  // Python may not be touched any more: leak the reference
-      return;
-    }
-    try {
-      py::gil_scoped_acquire gil;
-      fn_ = py::object();
-    } catch (...) {  // the GIL could not be taken: leak the reference, never throw here
-      fn_.release();
-    }
-  }
 
   // Calls fn(args...) and returns the truth of its result (only evaluated when
   // `truth`). A Python exception is rethrown as std::runtime_error("<what> raised
   // <exception>") once the GIL is released.
   template <typename... Args>
   bool Call(const char* what, bool truth, Args&&... args) const {
-    if (Finalizing()) throw std::runtime_error(std::string(what) + ": interpreter is exiting");
+    if (PythonFinalizing())
+      throw std::runtime_error(std::string(what) + ": interpreter is exiting");
     std::string error;
     bool result = false;
     {
       py::gil_scoped_acquire gil;
       try {
-        py::object r = fn_(std::forward<Args>(args)...);
+        py::object r = fn_.get()(std::forward<Args>(args)...);
         if (truth) {
           const int t = PyObject_IsTrue(r.ptr());
           if (t < 0) throw py::error_already_set();
@@ -82,7 +62,7 @@ class PyCallable {
   }
 
  private:
-  py::object fn_;
+  PyRef fn_;
 };
 
 // A Python callable `fn() -> bool` as a Probe.

@@ -142,16 +142,7 @@ thread_local CallerScope* t_caller_scope = nullptr;
 
 CallerScope::CallerScope() : previous_(t_caller_scope) { t_caller_scope = this; }
 
-CallerScope::~CallerScope() {
-  t_caller_scope = previous_;
-  if (!stashed_ || !Py_IsInitialized()) return;
-  try {
-    py::gil_scoped_acquire gil;
-    stashed_ = py::object();
-  } catch (...) {              // the GIL could not be taken: leak it, never throw here
-    (void)stashed_.release();  // NOLINT: without the GIL it must not be touched
-  }
-}
+CallerScope::~CallerScope() { t_caller_scope = previous_; }
 
 bool CallerScope::IsInterrupt(const py::error_already_set& e) {
   return !e.matches(PyExc_Exception);
@@ -160,24 +151,32 @@ bool CallerScope::IsInterrupt(const py::error_already_set& e) {
 bool CallerScope::Stash(const py::error_already_set& e) {
   CallerScope* scope = t_caller_scope;
   if (scope == nullptr || !IsInterrupt(e)) return false;
-  if (!scope->stashed_) scope->stashed_ = e.value();
+  if (!scope->stashed_) scope->stashed_.emplace(e.value());
   return true;
 }
 
 void CallerScope::Rethrow() {
   if (!stashed_) return;
-  py::object exc = std::move(stashed_);
-  stashed_ = py::object();
+  py::object exc = stashed_->get();
+  stashed_.reset();
   PyErr_SetObject(reinterpret_cast<PyObject*>(Py_TYPE(exc.ptr())), exc.ptr());
   throw py::error_already_set();
 }
 
 PyRef::PyRef(py::object obj) : obj_(std::make_unique<py::object>(std::move(obj))) {}
 
+bool PythonFinalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return !Py_IsInitialized() || Py_IsFinalizing();
+#else
+  return !Py_IsInitialized() || _Py_IsFinalizing();
+#endif
+}
+
 PyRef::~PyRef() {
   if (!obj_) return;
-  if (!Py_IsInitialized()) {
-    (void)obj_.release();  // NOLINT: the interpreter is gone; nothing may touch it
+  if (PythonFinalizing()) {
+    (void)obj_.release();  // NOLINT: the interpreter is going; nothing may touch it
     return;
   }
   try {
