@@ -227,6 +227,9 @@ struct Statements {
         in_flight(db, "SELECT id, key, priority FROM ops WHERE state=1 ORDER BY id"),
         unlease(db, "UPDATE ops SET state=0 WHERE id=?1"),
         count_in_flight(db, "SELECT count(*) FROM ops WHERE state=1"),
+        count_pending_by_prio(db,
+                              "SELECT priority, count(*) FROM ops WHERE state=0 "
+                              "GROUP BY priority"),
         // The oldest pending op of one priority: the end of its run in ops_by_priority
         // (one seek). Stats() asks once per priority present, so dead letters and leases
         // ahead of the oldest pending op are never read.
@@ -249,7 +252,8 @@ struct Statements {
       waiting_set;
   Stmt coalesce, victim, expired, promote, promoted, pick, lease, ack, retry, bury;
   Stmt base_version, replace_payload, dead_list, dead_ids, requeue, purge, in_flight, unlease;
-  Stmt count_in_flight, oldest, any_ready, first_due, ready_scan, waiting_scan;
+  Stmt count_in_flight, count_pending_by_prio, oldest, any_ready, first_due, ready_scan,
+      waiting_scan;
 };
 
 class SqliteStorage final : public QueueStorage {
@@ -261,6 +265,7 @@ class SqliteStorage final : public QueueStorage {
     if (!options_.read_only) {
       notify_name_ = sqlite::NotifyName(path_);
       notifier_ = std::make_unique<sqlite::Notifier>(notify_name_);
+      RepairPendingDepth();
       RecoverOrphanedLeases();
     }
     ForkGuard::Add(&db_mu_);
@@ -493,10 +498,15 @@ class SqliteStorage final : public QueueStorage {
       s.in_flight = q->Int(0);
     }
     s.pending = c.live_ops - s.in_flight;
-    for (const auto& [prio, n] : c.pending_by_prio) s.by_priority[prio] = n;
+    std::map<int, int64_t> by_prio = c.pending_by_prio;
+    if (!PendingDepthAddsUp(by_prio, s.pending)) {
+      Log().warn("queue '{}': pending depth by priority does not add up; counted instead", path_);
+      by_prio = CountPendingByPriority();
+    }
+    for (const auto& [prio, n] : by_prio) s.by_priority[prio] = n;
     {
       int64_t first = std::numeric_limits<int64_t>::max();
-      for (const auto& [prio, n] : c.pending_by_prio) {
+      for (const auto& [prio, n] : by_prio) {
         Use q(st().oldest);
         q->Bind(1, prio);
         if (q->Step() && q->Int(0) < first) {
@@ -543,6 +553,45 @@ class SqliteStorage final : public QueueStorage {
     is_consumer_.store(true);
   }
 
+  // Pending depth by priority is kept in the counters row by every write (schema 3).
+  // A process of an older version still writing the file during an upgrade, or a
+  // damaged row, can leave it wrong: each writable open checks it against the op
+  // count and rebuilds it from the ops if it does not add up.
+  static bool PendingDepthAddsUp(const std::map<int, int64_t>& by_prio, int64_t pending) {
+    int64_t sum = 0;
+    for (const auto& [prio, n] : by_prio) {
+      if (n <= 0) return false;
+      sum += n;
+    }
+    return sum == pending;
+  }
+
+  std::map<int, int64_t> CountPendingByPriority() {
+    std::map<int, int64_t> out;
+    Use q(st().count_pending_by_prio);
+    while (q->Step()) out[static_cast<int>(q->Int(0))] = q->Int(1);
+    return out;
+  }
+
+  bool PendingDepthAddsUpNow(const Counters& c) {
+    Use q(st().count_in_flight);
+    const int64_t in_flight = q->Step() ? q->Int(0) : 0;
+    return PendingDepthAddsUp(c.pending_by_prio, c.live_ops - in_flight);
+  }
+
+  void RepairPendingDepth() {
+    std::lock_guard lock(db_mu_);
+    {
+      ReadTxn read(*this);
+      if (PendingDepthAddsUpNow(ReadCountersNow())) return;  // the usual case: no write lock
+    }
+    Txn txn(*this, Durability::kNormal);
+    if (PendingDepthAddsUpNow(counters_)) return;  // another process repaired it meanwhile
+    counters_.pending_by_prio = CountPendingByPriority();
+    txn.Commit();
+    Log().warn("queue '{}': pending depth by priority did not add up; rebuilt from the ops", path_);
+  }
+
   // If no consumer is alive, leases in the file belong to a consumer that died:
   // make them pending now, so a reopened queue shows them as ready. Holding the
   // consumer lock meanwhile keeps a real consumer from starting halfway.
@@ -567,8 +616,24 @@ class SqliteStorage final : public QueueStorage {
   }
 
   void Close() override {
-    StopCheckpointer();
-    std::lock_guard lock(db_mu_);
+    std::unique_ptr<sqlite::Checkpointer> checkpointer;
+    {
+      std::lock_guard lock(db_mu_);
+      if (checkpointer_) {
+        sqlite::Checkpointer::Detach(db_.get());  // no commit can reach it any more
+        checkpointer = std::move(checkpointer_);
+      }
+      CloseLocked();
+    }
+    // Joined without db_mu_: fork()'s guard may hold the thread's work mutex while it
+    // waits for db_mu_, and the thread may need that mutex to finish.
+    if (checkpointer) {
+      ForkGuard::Remove(&checkpointer->work_mutex());
+      checkpointer.reset();
+    }
+  }
+
+  void CloseLocked() {
     if (!db_.get()) return;
     if (consumer_) {
       try {
@@ -776,25 +841,13 @@ class SqliteStorage final : public QueueStorage {
     // slows that sync more than an inline one costs (enqueue "full" measured 1.04-1.11x
     // of the raw SQLite ceiling without it, 1.29-1.43x with it): keep SQLite's own.
     if (options_.durability != Durability::kFull) {
-      checkpointer_ =
-          std::make_unique<sqlite::Checkpointer>(path_, options_.busy_timeout_ms,
-                                                 /*sync=*/options_.durability != Durability::kOff);
+      checkpointer_ = std::make_unique<sqlite::Checkpointer>(path_, options_.busy_timeout_ms);
       checkpointer_->Attach(db_.get());
     } else {
       // Fewer, larger inline checkpoints: a page dirtied by several commits is copied
       // once (take+ack at 10,000,000 pending: 1.34x of 10,000 -> 1.22x).
       sqlite3_wal_autocheckpoint(db_.get(), kFullAutoCheckpointFrames);
     }
-  }
-
-  // Before db_mu_: fork()'s guard may hold the checkpointer's mutex while it waits for
-  // db_mu_, and stopping the thread can need that mutex. No storage call overlaps Close
-  // (SyncQueue takes its close lock exclusively), so nothing commits meanwhile.
-  void StopCheckpointer() {
-    if (!checkpointer_) return;
-    ForkGuard::Remove(&checkpointer_->work_mutex());
-    sqlite::Checkpointer::Detach(db_.get());
-    checkpointer_.reset();
   }
 
   void Configure() {

@@ -10,43 +10,38 @@
 
 namespace cpcsync::sqlite {
 
-Checkpointer::Checkpointer(const std::string& path, int busy_timeout_ms, bool sync)
-    : owner_(::getpid()) {
-  db_.Open(path, SQLITE_OPEN_READWRITE);
-  sqlite3_busy_timeout(db_.get(), busy_timeout_ms);
-  db_.Exec("PRAGMA cache_size=-256");
-  if (sync) {
-    db_.Exec("PRAGMA synchronous=NORMAL");
-  } else {
-    db_.Exec("PRAGMA synchronous=OFF");
-  }
-  sqlite3_wal_autocheckpoint(db_.get(), 0);  // this connection never commits anyway
+Checkpointer::Checkpointer(const std::string& path, int busy_timeout_ms) : owner_(::getpid()) {
+  db_->Open(path, SQLITE_OPEN_READWRITE);
+  sqlite3_busy_timeout(db_->get(), busy_timeout_ms);
+  db_->Exec("PRAGMA cache_size=-256; PRAGMA synchronous=NORMAL");
+  sqlite3_wal_autocheckpoint(db_->get(), 0);  // this connection never commits anyway
   thread_ = std::thread([this] { Run(); });
 }
 
 Checkpointer::~Checkpointer() {
+  if (::getpid() != owner_) {
+    // A forked child: the thread stayed in the parent, and mu_ or the connection may
+    // be mid-use there. Touch nothing (see abandon.h).
+    Abandon(std::move(thread_));
+    Abandon(std::move(db_));
+    return;
+  }
   {
     std::lock_guard lock(mu_);
     stop_ = true;
   }
   cv_.notify_all();
-  if (::getpid() == owner_) {
-    thread_.join();
-  } else {
-    // A forked child: the thread stayed in the parent. Let go of the handle without
-    // touching it (joining would wait forever, and a joinable std::thread terminates).
-    Abandon(std::move(thread_));
-  }
-  db_.Close();
+  thread_.join();
+  db_->Close();
 }
 
 void Checkpointer::Attach(sqlite3* db) { sqlite3_wal_hook(db, &Checkpointer::Hook, this); }
 
 void Checkpointer::Detach(sqlite3* db) { sqlite3_wal_autocheckpoint(db, kFrames); }
 
-int Checkpointer::checkpoints() const {
-  std::lock_guard lock(mu_);
-  return checkpoints_;
+bool Checkpointer::WaitForCopiedFrames(int64_t frames, std::chrono::milliseconds timeout) const {
+  std::unique_lock lock(mu_);
+  return copied_cv_.wait_for(lock, timeout, [&] { return copied_frames_ >= frames; });
 }
 
 int Checkpointer::Hook(void* self, sqlite3* db, const char* name, int frames) {
@@ -84,18 +79,20 @@ void Checkpointer::Run() {
     wanted_ = false;
     lock.unlock();
     int rc = SQLITE_OK;
+    int copied = 0;
     std::string error;
     {
       std::lock_guard work(work_mu_);
-      rc = sqlite3_wal_checkpoint_v2(db_.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
-                                     nullptr);
-      if (rc != SQLITE_OK && rc != SQLITE_BUSY) error = sqlite3_errmsg(db_.get());
+      rc = sqlite3_wal_checkpoint_v2(db_->get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr,
+                                     &copied);
+      if (rc != SQLITE_OK && rc != SQLITE_BUSY) error = sqlite3_errmsg(db_->get());
     }
     if (!error.empty()) {
       Log().warn("background checkpoint failed: {} (SQLite code {})", error, rc);
     }
     lock.lock();
-    ++checkpoints_;
+    if (rc == SQLITE_OK && copied > copied_frames_) copied_frames_ = copied;
+    copied_cv_.notify_all();
   }
 }
 

@@ -12,15 +12,22 @@
 // readers or writers. The WAL restarts from its beginning only when a writer finds it
 // fully checkpointed, which rarely happens while commits keep coming; so once it holds
 // kInlineFrames, AfterCommit() checkpoints on the committing thread (what is left
-// after the thread's work: a fraction of an automatic checkpoint), and the WAL stays
-// bounded whatever happens. The hook itself never checkpoints: an error there would
-// be reported by the COMMIT that had already succeeded.
+// after the thread's work: a fraction of an automatic checkpoint). So the WAL stays
+// near kInlineFrames unless another connection keeps a read transaction open (a long
+// export, say), which stops any checkpoint from restarting it. The hook itself never
+// checkpoints: an error there would be reported by the COMMIT that had already
+// succeeded. Checkpoints always run at synchronous=NORMAL (the WAL synced before, the
+// database after): one that did not sync could let a later writer restart the WAL
+// over frames the database file does not hold yet.
 #pragma once
 
 #include <sqlite3.h>
 #include <sys/types.h>
 
+#include <chrono>
 #include <condition_variable>
+#include <cstdint>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -35,11 +42,10 @@ class Checkpointer {
   static constexpr int kInlineFrames = 8 * kFrames;
 
   // Opens its connection to `path` (which must exist, in WAL mode) and starts the
-  // thread. `sync`: whether checkpoints sync (synchronous=NORMAL: the WAL before and
-  // the database after each, as the automatic checkpoint does) or not (OFF).
-  Checkpointer(const std::string& path, int busy_timeout_ms, bool sync);
-  // Stops and joins the thread (in a forked child, where the thread does not run, it
-  // only lets go of it) and closes the connection.
+  // thread.
+  Checkpointer(const std::string& path, int busy_timeout_ms);
+  // Stops and joins the thread and closes the connection. In a forked child (where
+  // the thread does not run) it touches neither: both are abandoned.
   ~Checkpointer();
   Checkpointer(const Checkpointer&) = delete;
   Checkpointer& operator=(const Checkpointer&) = delete;
@@ -54,7 +60,10 @@ class Checkpointer {
   // ignored: the next commit tries again).
   void AfterCommit(sqlite3* db);
 
-  int checkpoints() const;  // completed background checkpoints (for tests)
+  // For tests: waits (in real time) until one of the thread's checkpoints reports at
+  // least `frames` WAL frames copied into the database (SQLite's pnCkpt: the frames of
+  // the current WAL checkpointed so far); false on timeout.
+  bool WaitForCopiedFrames(int64_t frames, std::chrono::milliseconds timeout) const;
 
   // Held by the thread while it is inside SQLite. fork() must take it first (the
   // storage registers it with its fork guard), so a child never inherits SQLite's
@@ -66,16 +75,17 @@ class Checkpointer {
   void Wake();
   void Run();
 
-  Db db_;
+  std::unique_ptr<Db> db_ = std::make_unique<Db>();  // the thread's connection
   const pid_t owner_;
   int frames_ = 0;           // the WAL's size at the last commit (committing thread)
   int next_wake_ = kFrames;  // wake the thread when frames_ reaches this (likewise)
   std::mutex work_mu_;
   mutable std::mutex mu_;
-  std::condition_variable cv_;
-  bool wanted_ = false;  // guarded by mu_
-  bool stop_ = false;    // guarded by mu_
-  int checkpoints_ = 0;  // guarded by mu_
+  std::condition_variable cv_;                 // wakes the thread
+  mutable std::condition_variable copied_cv_;  // signalled after each checkpoint
+  bool wanted_ = false;                        // guarded by mu_
+  bool stop_ = false;                          // guarded by mu_
+  int64_t copied_frames_ = 0;                  // the largest pnCkpt seen; guarded by mu_
   std::thread thread_;
 };
 
