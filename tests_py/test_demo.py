@@ -41,9 +41,9 @@ def test_a_short_demo_run_passes_and_draws_its_chart(tmp_path: Path) -> None:
         "nothing applied that was not enqueued",
         "highest ready priority first",
     ):
-        assert f"PASS  {check}" in out
-    assert "1 client restart(s)" in out
-    assert "verdict: PASS" in out
+        assert f"PASS  {check}" in out, out + proc.stderr
+    assert "1 client restart(s)" in out, out + proc.stderr
+    assert "verdict: PASS" in out, out + proc.stderr
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ledger = (tmp_path / "run" / "ledger.jsonl").read_text().splitlines()
     assert len(ledger) >= 12 * 0.85 * 20 * 0.9  # users kept enqueuing through the faults
