@@ -110,13 +110,22 @@ class VersionedTransport:
         self._transitions_seen = transitions
         # A key's effective priority is the highest among its pending ops (priority
         # inheritance): a LOW head goes first when a CRITICAL op waits behind it.
-        now = time.time()
+        # Compare with the queue as it was when the engine took `op`: ops enqueued or
+        # come due between that take and this call (a wide gap on a loaded machine or
+        # under ASan) were not there to choose. A first attempt's take time is exact;
+        # for a retry it is not kept, so the time of this call stands in for it.
+        taken_at = time.time()
+        if op.attempts == 1 and op.first_attempt_at is not None:
+            taken_at = op.first_attempt_at
         lanes: dict[str, list[cs.Operation]] = {}
         for o in self._queue.peek(100_000):
-            lanes.setdefault(o.key if o.key is not None else f"#{o.id}", []).append(o)
+            if o.created_at <= taken_at:
+                lanes.setdefault(o.key if o.key is not None else f"#{o.id}", []).append(o)
         eff = {k: max(o.priority for o in v) for k, v in lanes.items()}
         ready = [
-            eff[k] for k, v in lanes.items() if min(v, key=lambda o: o.id).next_attempt_at <= now
+            eff[k]
+            for k, v in lanes.items()
+            if min(v, key=lambda o: o.id).next_attempt_at <= taken_at
         ]
         mine = max(op.priority, eff.get(op.key, 0)) if op.key is not None else op.priority
         self._report(
