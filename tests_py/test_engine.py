@@ -230,7 +230,7 @@ def test_stop_and_restart(queue: cs.SyncQueue) -> None:
     assert len(transport.calls) == 2
 
 
-def test_stop_returns_while_a_transport_is_blocked(queue: cs.SyncQueue) -> None:
+def test_stop_returns_while_a_transport_is_blocked() -> None:
     release = threading.Event()
     entered = threading.Event()
 
@@ -238,12 +238,25 @@ def test_stop_returns_while_a_transport_is_blocked(queue: cs.SyncQueue) -> None:
         entered.set()
         release.wait(60)
 
+    queue = cs.SyncQueue.in_memory(clock=cs.SystemClock())
     queue.enqueue("k", b"x")
-    engine = cs.SyncEngine(queue, stuck, clock=cs.SystemClock())
+    engine = cs.SyncEngine(queue, stuck, clock=cs.SystemClock())  # real clocks may differ
     engine.start()
     assert entered.wait(30)
     assert engine.stop(timeout=0.2) is False  # the worker is still inside the transport
     release.set()
+    queue.close()
+
+
+def test_an_engine_refuses_a_clock_other_than_its_queues_virtual_clock(
+    queue: cs.SyncQueue,
+) -> None:
+    # Deadlines on one clock and waits on the other: drain(timeout) never returned.
+    with pytest.raises(cs.InvalidArgumentError, match="the queue's clock"):
+        cs.SyncEngine(queue, lambda op: None, clock=cs.VirtualClock(0.0))
+    with pytest.raises(cs.InvalidArgumentError, match="the queue's clock"):
+        cs.SyncEngine(queue, lambda op: None, clock=cs.SystemClock())
+    assert cs.SyncEngine(queue, lambda op: None, clock=queue.clock).clock is queue.clock
 
 
 def test_async_transport_on_the_engines_own_loop(queue: cs.SyncQueue) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 import cpcsync as cs
-from cpcsync.http import encode_operation, parse_retry_after
+from cpcsync.http import RETRY_AFTER_CEILING, encode_operation, parse_retry_after
 from cpcsync.testing import SyncServer
 
 SECRET = "s3cr3t-token-value"
@@ -457,6 +457,34 @@ def test_parse_retry_after() -> None:
     assert parse_retry_after(past, now) == 0.0
     future = email.utils.formatdate(now + 60, usegmt=True)
     assert parse_retry_after(future, now) == 60.0
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "\u00b2",  # str.isdigit() is True, int() raises
+        "\u0663",  # an Arabic-Indic digit: isdigit() and int() accept it, HTTP does not
+        "1.5",
+        "+5",
+        "",
+        "   ",
+        "Mon, 32 Foo 2024 99:99:99 GMT",
+        "Fri, 31 Dec 9999 23:59:59 GMT +9999999",
+        "\x00",
+        "9" * 5000,
+    ],
+)
+def test_parse_retry_after_never_raises(value: str) -> None:
+    result = parse_retry_after(value, 1_700_000_000.0)
+    assert result is None or (0.0 <= result <= RETRY_AFTER_CEILING)
+
+
+def test_parse_retry_after_clamps_huge_values() -> None:
+    now = 1_700_000_000.0
+    assert parse_retry_after("99999999999999999999", now) == RETRY_AFTER_CEILING
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now) == RETRY_AFTER_CEILING
+    assert parse_retry_after("000000000000000000007", now) == 7.0
+    assert parse_retry_after(" 30 ", now) == 30.0
 
 
 def _closed_port() -> int:

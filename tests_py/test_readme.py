@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 import cpcsync as cs
+from cpcsync.testing import SyncServer
 
 pytest_plugins = ["pytester"]
 
@@ -19,19 +20,53 @@ def _python_blocks() -> list[str]:
     return re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.S)
 
 
-def test_quickstart_runs_offline_and_keeps_the_ops(tmp_path: Path) -> None:
-    quickstart = _python_blocks()[0]
+def _run_quickstart(where: Path, code: str) -> dict[str, object]:
     cwd = os.getcwd()
-    os.chdir(tmp_path)
+    os.chdir(where)
     try:
         scope: dict[str, object] = {}
-        exec(compile(quickstart, "README quickstart", "exec"), scope)
-        scope["queue"].close()  # type: ignore[attr-defined]
+        exec(compile(code, "README quickstart", "exec"), scope)
+        return scope
     finally:
         os.chdir(cwd)
-    # No network here: the probe fails, so both ops wait on disk for the next run.
+
+
+def test_quickstart_runs_offline_and_keeps_the_ops(tmp_path: Path) -> None:
+    # No network here: the probe fails, so both ops wait on disk for the next run and
+    # stop(drain=True) reports that it did not drain (after its timeout: shortened here).
+    quickstart = _python_blocks()[0]
+    assert "engine.stop(drain=True, timeout=30)" in quickstart
+    code = quickstart.replace(
+        "engine.stop(drain=True, timeout=30)", "drained = engine.stop(drain=True, timeout=0.5)"
+    )
+    scope = _run_quickstart(tmp_path, code)
+    scope["queue"].close()  # type: ignore[attr-defined]
+    assert scope["drained"] is False
     with cs.SyncQueue.open(tmp_path / "outbox.db", read_only=True) as q:
         assert [op.kind for op in q.peek(10)] == ["set_currency", "add_note"]
+
+
+@pytest.mark.parametrize("run", range(5))
+def test_quickstart_delivers_every_time_against_a_real_server(tmp_path: Path, run: int) -> None:
+    # Before: stop(drain=True) returned at once while the monitor had not probed yet
+    # (offline counted as idle), so about one run in five delivered nothing.
+    with SyncServer() as server:
+        host, port = "127.0.0.1", server.port
+        code = (
+            _python_blocks()[0]
+            .replace("https://sync.example.org/ops", server.url)
+            .replace('cs.TcpProbe("sync.example.org", 443)', f"cs.TcpProbe({host!r}, {port})")
+            .replace(
+                "engine.stop(drain=True, timeout=30)",
+                "drained = engine.stop(drain=True, timeout=30)",
+            )
+        )
+        assert server.url in code and "sync.example.org" not in code
+        scope = _run_quickstart(tmp_path, code)
+        scope["monitor"].stop()  # type: ignore[attr-defined]
+        scope["queue"].close()  # type: ignore[attr-defined]
+        assert scope["drained"] is True
+        assert sorted(server.applied) == ["patient:9", "user:42"]
 
 
 def test_readme_test_passes_under_the_plugin(pytester: pytest.Pytester) -> None:

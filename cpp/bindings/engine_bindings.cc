@@ -23,6 +23,7 @@ py::dict EventDict(const EngineEvent& e) {
     d["remote_version"] = e.remote->version ? py::cast(*e.remote->version) : py::none();
   }
   if (e.connected) d["connected"] = *e.connected;
+  if (e.network) d["network"] = *e.network;
   return d;
 }
 
@@ -69,8 +70,9 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
                        std::shared_ptr<NetworkMonitor> monitor, py::object backoff,
                        py::object resolver, int max_attempts, std::optional<double> max_elapsed,
                        int concurrency, int batch_size, std::shared_ptr<Clock> clock,
-                       py::object loop) {
+                       py::object loop, double max_retry_after) {
              EngineOptions o;
+             o.max_retry_after = max_retry_after;
              o.max_attempts = max_attempts;
              o.max_elapsed = max_elapsed;
              o.concurrency = concurrency;
@@ -88,8 +90,10 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
            py::arg("backoff") = py::none(), py::arg("resolver") = py::none(),
            py::arg("max_attempts") = 10, py::arg("max_elapsed") = py::none(),
            py::arg("concurrency") = 1, py::arg("batch_size") = 1, py::arg("clock") = nullptr,
-           py::arg("loop") = py::none(),
-           "monitor=None: always connected. backoff: a BackoffStrategy or callable n -> "
+           py::arg("loop") = py::none(), py::arg("max_retry_after") = EngineOptions{}.max_retry_after,
+           "monitor=None: always connected. max_attempts counts answered failures only "
+           "(a network failure, where no server answered, never uses one up). "
+           "max_retry_after: a server's Retry-After above this many seconds is clamped to it. backoff: a BackoffStrategy or callable n -> "
            "seconds (default ExponentialBackoff()). resolver: a ConflictResolver or callable "
            "(local, remote) -> Resolution (default LastWriteWins()). "
            "clock: default the queue's. loop: the asyncio loop for async transports (default "
@@ -130,13 +134,29 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
            "Start the background workers (concurrency of them).")
       .def("stop", &SyncEngine::Stop, py::arg("drain") = false, py::arg("timeout") = py::none(),
            py::call_guard<py::gil_scoped_release>(),
-           "Stop the workers; drain=True first waits until idle. Returns False if a worker "
-           "was still inside the transport when `timeout` ran out (it finishes on its own).")
+           "Stop the workers. drain=True first waits, connected or not, until the queue is "
+           "empty (nothing pending or in flight) or `timeout` passes. Returns False if it "
+           "did not drain, or if a worker was still busy (in a take or in the transport) "
+           "when `timeout` ran out (it finishes on its own and sends nothing more).")
       .def("wait_idle", &SyncEngine::WaitIdle, py::arg("timeout") = py::none(),
            py::call_guard<py::gil_scoped_release>(),
-           "Block until nothing is in flight and nothing is deliverable now (or the network "
-           "is down). False on timeout.")
+           "Block until nothing is taken or leased by the engine and nothing is deliverable "
+           "now (the network is down, or the outage gate holds deliveries back). False on "
+           "timeout.")
+      .def("next_attempt_at", &SyncEngine::NextAttemptAt, py::call_guard<py::gil_scoped_release>(),
+           "Clock time when the engine will next take an operation by itself: the queue's "
+           "next ready time, or later while the outage gate holds deliveries back; None when "
+           "nothing is pending.")
       .def_property_readonly("running", &SyncEngine::running, "True between start() and stop().")
+      .def_property_readonly(
+          "busy_workers",
+          [](SyncEngine& e) {
+            py::gil_scoped_release release;
+            return e.BusyWorkers();
+          },
+          "Workers (and process_once/drain calls) between a take and the end of its "
+          "delivery right now. Reads only the engine's own state, so it answers at once "
+          "even while a take waits for SQLite's lock (stats() reads the queue too).")
       .def(
           "on",
           [](SyncEngine& e, const std::string& event, py::function fn) {
@@ -181,6 +201,13 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
             d["transport_calls"] = s.transport_calls;
             d["callback_errors"] = s.listener_errors;
             d["running"] = s.running;
+            d["network_failures"] = s.network_failures;
+            py::dict outage;
+            outage["consecutive_failures"] = s.outage_failures;
+            outage["resume_in"] =
+                s.outage_failures > 0 ? std::max(0.0, s.outage_resume_at - now) : 0.0;
+            d["outage"] = outage;
+            d["busy_workers"] = s.busy_workers;
             py::dict depth;
             for (auto& [p, n] : q.by_priority) depth[py::int_(p)] = n;
             d["depth_by_priority"] = depth;
@@ -196,8 +223,10 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
             d["latency"] = lat;
             return d;
           },
-          "Counters (delivered, retried, dead_lettered, conflicts, superseded, in_flight, "
-          "callback_errors), queue depth by priority, oldest pending age, and delivery "
+          "Counters (delivered, retried, network_failures (retries where no server "
+          "answered; they never count toward max_attempts), dead_lettered, conflicts, "
+          "superseded, in_flight, busy_workers, callback_errors), the outage gate "
+          "(outage: consecutive_failures, resume_in seconds), queue depth by priority, oldest pending age, and delivery "
           "latency percentiles (created -> acknowledged, seconds, recent deliveries).")
       .def_property_readonly("queue", &SyncEngine::queue, "The engine's queue.")
       .def_property_readonly("clock", &SyncEngine::clock, "The engine's clock.");

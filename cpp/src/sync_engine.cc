@@ -19,6 +19,9 @@ constexpr size_t kLatencySamples = 4096;
 // Seconds before an op is tried again when a user callback of the engine itself (the
 // resolver, the backoff) failed on it.
 constexpr double kBrokenCallbackRetryDelay = 1.0;
+// The text a resolved conflict's retry records; a conflict on an op whose last error
+// starts with it means the server keeps reporting one.
+constexpr std::string_view kConflictResolved = "conflict resolved (";
 
 // The engine whose Deliver() runs on this thread, and how many of its ops it has in
 // flight: Stop() called from a listener does not wait for its own caller's ops.
@@ -78,15 +81,28 @@ SyncEngine::SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transpo
   if (options_.max_elapsed && !(*options_.max_elapsed > 0)) ThrowInvalid("max_elapsed must be > 0");
   if (options_.concurrency < 1) ThrowInvalid("concurrency must be >= 1");
   if (options_.batch_size < 1) ThrowInvalid("batch_size must be >= 1");
+  if (!(options_.max_retry_after > 0) || !std::isfinite(options_.max_retry_after)) {
+    ThrowInvalid("max_retry_after must be finite and > 0");
+  }
+  if (clock && clock != queue_->clock() && (clock->IsVirtual() || queue_->clock()->IsVirtual())) {
+    // Deadlines on one clock and waits on the other would never meet.
+    ThrowInvalid(
+        "the engine's clock must be the queue's clock (a VirtualClock cannot be mixed with "
+        "another clock); pass the same clock to both, or leave clock=None");
+  }
   clock_ = clock ? std::move(clock) : std::shared_ptr<Clock>(queue_->clock());
   if (!backoff_) backoff_ = std::make_shared<ExponentialBackoff>(0.1, 2.0, 60.0, Jitter::kFull);
   if (!resolver_) resolver_ = std::make_shared<LastWriteWins>();
+  gate_backoff_ = backoff_->Stateful() ? backoff_->Clone() : backoff_;
   idle_ = Waiter::Create(clock_);
   if (monitor_) {
-    // A transition wakes sleeping workers (reconnect) and idle waiters (disconnect).
+    // A transition wakes sleeping workers (reconnect) and idle waiters (disconnect);
+    // a reconnect also opens the outage gate: the monitor says the server is back.
     std::weak_ptr<Waiter> work = queue_->waiter();
     std::weak_ptr<Waiter> idle = idle_;
-    monitor_token_ = monitor_->Subscribe([work, idle, hub = events_](bool connected) {
+    monitor_token_ = monitor_->Subscribe([work, idle, hub = events_,
+                                          gate = gate_](bool connected) {
+      if (connected) gate->Open();
       if (auto w = work.lock()) w->Notify();
       if (auto w = idle.lock()) w->Notify();
       EngineEvent e;
@@ -119,6 +135,11 @@ bool SyncEngine::Connected() const { return !monitor_ || monitor_->IsConnected()
 bool SyncEngine::running() const {
   std::lock_guard lock(mu_);
   return !workers_.empty() && !stopping_ && workers_pid_ == ::getpid();
+}
+
+int64_t SyncEngine::BusyWorkers() const {
+  std::lock_guard lock(mu_);
+  return busy_;
 }
 
 bool SyncEngine::AbandonForeignWorkersLocked() {
@@ -172,10 +193,72 @@ EngineStats SyncEngine::Stats() const {
     std::lock_guard lock(mu_);
     s = stats_;
     s.running = !workers_.empty() && !stopping_;
+    s.busy_workers = busy_;
   }
   std::lock_guard lock(events_->mu);
   s.listener_errors = events_->errors;
+  std::lock_guard gate_lock(gate_->mu);
+  s.outage_failures = gate_->failures;
+  s.outage_resume_at = gate_->failures > 0 ? gate_->until : 0.0;
   return s;
+}
+
+void SyncEngine::OutageGate::Open() {
+  std::lock_guard lock(mu);
+  failures = 0;
+  until = 0;
+}
+
+size_t SyncEngine::Allowance(size_t wanted, double now, double* wake_at, bool* probe) {
+  *probe = false;
+  std::lock_guard lock(gate_->mu);
+  if (gate_->failures == 0) return wanted;
+  if (now < gate_->until) {
+    *wake_at = gate_->until;
+    return 0;
+  }
+  if (gate_->probing) {
+    *wake_at = kForever;  // the probe's end notifies the queue's waiter
+    return 0;
+  }
+  gate_->probing = true;
+  *probe = true;
+  return 1;
+}
+
+void SyncEngine::EndProbe() {
+  {
+    std::lock_guard lock(gate_->mu);
+    gate_->probing = false;
+  }
+  queue_->waiter()->Notify();  // wakes workers that waited for the probe
+}
+
+void SyncEngine::NoteOutcome(bool answered, bool network) {
+  if (answered) {
+    gate_->Open();
+    return;
+  }
+  if (!network) return;
+  std::lock_guard lock(gate_->mu);
+  gate_->failures += 1;
+  const int step = static_cast<int>(std::min<int64_t>(gate_->failures, 1 << 20));
+  double delay = 0;
+  try {
+    delay = gate_backoff_->NextDelay(step);
+  } catch (const std::exception& e) {
+    Log().error("sync engine: backoff failed for the outage gate: {}", e.what());
+    delay = kBrokenCallbackRetryDelay;
+  }
+  gate_->until = clock_->Now() + delay;
+}
+
+std::optional<double> SyncEngine::NextAttemptAt() {
+  auto next = queue_->NextReadyAt();
+  if (!next) return next;
+  std::lock_guard lock(gate_->mu);
+  if (gate_->failures > 0) next = std::max(*next, gate_->until);
+  return next;
 }
 
 std::shared_ptr<BackoffStrategy> SyncEngine::BackoffFor(int64_t id) {
@@ -207,9 +290,10 @@ void SyncEngine::Bury(const Operation& op, const std::string& reason, Processing
 }
 
 void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::string& error,
-                             ProcessingSummary& summary) {
+                             bool network, ProcessingSummary& summary) {
   const double now = clock_->Now();
-  const bool out_of_attempts = op.attempts >= options_.max_attempts;
+  // A network failure is no answer from a server: it never uses up attempts.
+  const bool out_of_attempts = !network && op.attempts >= options_.max_attempts;
   const bool out_of_time = options_.max_elapsed && op.first_attempt_at &&
                            now - *op.first_attempt_at >= *options_.max_elapsed;
   if (out_of_attempts || out_of_time) {
@@ -225,13 +309,36 @@ void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::strin
   {
     std::lock_guard lock(mu_);
     stats_.retried += 1;
+    if (network) stats_.network_failures += 1;
   }
   EngineEvent e;
   e.name = "retry";
   e.op = op;
   e.delay = delay;
   e.error = error;
+  e.network = network;
   Emit(e);
+}
+
+double SyncEngine::RetryAfterDelay(const Operation& op, double server_delay) {
+  if (std::isnan(server_delay) || server_delay > options_.max_retry_after) {
+    return options_.max_retry_after;  // a huge or garbled value never parks the op
+  }
+  if (server_delay >= kMinRetryAfter) return server_delay;
+  if (server_delay > 0) return kMinRetryAfter;
+  // Zero or in the past (a skewed clock makes every HTTP-date past): back off as for
+  // any answered failure, never resend in a tight loop.
+  const double backoff = BackoffFor(op.id)->NextDelay(std::max(1, op.attempts));
+  return std::min(options_.max_retry_after, std::max(kMinRetryAfter, backoff));
+}
+
+void SyncEngine::PutBack(const Operation& op, const std::string& why) {
+  try {
+    queue_->Retry(op.id, 0.0, why);
+  } catch (const std::exception&) {
+    std::lock_guard lock(mu_);
+    leftovers_.push_back(op.id);
+  }
 }
 
 void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary) {
@@ -265,14 +372,20 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       Emit(e);
       return;
     }
-    case Kind::kNetwork:
+    case Kind::kNetwork: {
       if (monitor_) monitor_->ReportFailure();
-      [[fallthrough]];
+      // Every failure so far (counted or not) sets the step, capped by the strategy.
+      const int64_t failures = int64_t{op.attempts} + op.network_failures;
+      const int n = static_cast<int>(std::clamp<int64_t>(failures, 1, 1 << 20));
+      RetryOrBury(op, BackoffFor(op.id)->NextDelay(n), r.error, /*network=*/true, summary);
+      return;
+    }
     case Kind::kTransient:
-      RetryOrBury(op, BackoffFor(op.id)->NextDelay(std::max(1, op.attempts)), r.error, summary);
+      RetryOrBury(op, BackoffFor(op.id)->NextDelay(std::max(1, op.attempts)), r.error,
+                  /*network=*/false, summary);
       return;
     case Kind::kRetryAfter:
-      RetryOrBury(op, r.retry_after, r.error, summary);
+      RetryOrBury(op, RetryAfterDelay(op, r.retry_after), r.error, /*network=*/false, summary);
       return;
     case Kind::kPermanent:
       Bury(op, r.error, summary);
@@ -308,13 +421,24 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       std::optional<std::string> payload;
       if (decision.kind == Resolution::kMerge) payload = decision.payload;
       queue_->SetBaseVersion(op.id, r.remote.version, payload);
-      // Resent at once: the conflict is resolved, not a failure to back off from.
-      RetryOrBury(op, 0.0,
-                  "conflict resolved (" +
-                      std::string(decision.kind == Resolution::kMerge ? "merge" : "use_local") +
-                      "); resending against version " +
-                      (r.remote.version ? std::to_string(*r.remote.version) : "?"),
-                  summary);
+      const std::string version = r.remote.version ? std::to_string(*r.remote.version) : "?";
+      // The first conflict is resolved and resent at once: not a failure to back off
+      // from. A server that answers the resend with a conflict again is an answered
+      // failure like any other: backed off, and counted toward max_attempts.
+      const bool again = op.last_error && op.last_error->starts_with(kConflictResolved);
+      if (again && op.attempts >= options_.max_attempts) {
+        Bury(op,
+             "gave up after " + std::to_string(op.attempts) +
+                 " attempts: the server kept reporting a conflict (version " + version + ")",
+             summary);
+        return;
+      }
+      const double delay = again ? BackoffFor(op.id)->NextDelay(std::max(1, op.attempts)) : 0.0;
+      RetryOrBury(op, delay,
+                  std::string(kConflictResolved) +
+                      (decision.kind == Resolution::kMerge ? "merge" : "use_local") +
+                      "); resending against version " + version,
+                  /*network=*/false, summary);
       return;
     }
   }
@@ -355,6 +479,17 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
     results.resize(ops.size(), DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
                                                       "transport returned no result for the op"));
   }
+  // The outage gate: did any server answer this call, or did it fail for want of one?
+  bool answered = false, network = false;
+  for (const auto& r : results) {
+    if (r.interrupted) continue;
+    if (r.kind == DeliveryResult::Kind::kNetwork) {
+      network = true;
+    } else {
+      answered = true;
+    }
+  }
+  NoteOutcome(answered, network);
   for (size_t i = 0; i < ops.size(); ++i) {
     try {
       Apply(ops[i], results[i], summary);
@@ -368,7 +503,7 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
       if (sync_error == nullptr || sync_error->code() == ErrorCode::kInvalidArgument) {
         try {
           RetryOrBury(ops[i], kBrokenCallbackRetryDelay, std::string("engine: ") + e.what(),
-                      summary);
+                      /*network=*/false, summary);
           continue;
         } catch (const std::exception&) {
           // the queue refused that too: put it back as below
@@ -415,9 +550,14 @@ bool SyncEngine::ReleaseLeftovers() {
       keep.push_back(id);
     }
   }
-  std::lock_guard lock(mu_);
-  leftovers_.insert(leftovers_.end(), keep.begin(), keep.end());
-  return leftovers_.empty();
+  bool none_left;
+  {
+    std::lock_guard lock(mu_);
+    leftovers_.insert(leftovers_.end(), keep.begin(), keep.end());
+    none_left = leftovers_.empty();
+  }
+  if (none_left) idle_->Notify();  // the engine may be idle now (see Idle)
+  return none_left;
 }
 
 SyncEngine::BusyScope::BusyScope(SyncEngine& e) : e_(e) {
@@ -437,8 +577,18 @@ ProcessingSummary SyncEngine::ProcessOnce() {
   if (!Connected()) return {};
   BusyScope busy(*this);
   ReleaseLeftovers();
-  const size_t n = static_cast<size_t>(options_.concurrency) * options_.batch_size;
-  std::vector<Operation> ops = queue_->Take(n);
+  double wake_at = 0;
+  bool probe = false;
+  const size_t n = Allowance(static_cast<size_t>(options_.concurrency) * options_.batch_size,
+                             clock_->Now(), &wake_at, &probe);
+  if (n == 0) return {};  // the outage gate holds deliveries back (NextAttemptAt says until when)
+  std::vector<Operation> ops;
+  try {
+    ops = queue_->Take(n);
+  } catch (...) {
+    if (probe) EndProbe();
+    throw;
+  }
   ProcessingSummary summary;
   for (size_t i = 0; i < ops.size(); i += options_.batch_size) {
     const size_t end = std::min(ops.size(), i + options_.batch_size);
@@ -456,6 +606,7 @@ ProcessingSummary SyncEngine::ProcessOnce() {
     }
     summary.Add(Deliver(std::vector<Operation>(ops.begin() + i, ops.begin() + end)));
   }
+  if (probe) EndProbe();
   return summary;
 }
 
@@ -472,7 +623,7 @@ ProcessingSummary SyncEngine::Drain(std::optional<double> timeout) {
       waiter->WaitUntil(seen, deadline);  // a monitor transition notifies this waiter
       continue;
     }
-    auto next = queue_->NextReadyAt();
+    auto next = NextAttemptAt();
     if (!ReleaseLeftovers()) next = std::min(next.value_or(kForever), clock_->Now() + 1.0);
     if (next && *next <= clock_->Now()) continue;
     waiter->WaitUntil(seen, std::min(deadline, next.value_or(kForever)));
@@ -498,9 +649,25 @@ void SyncEngine::WorkerLoop(uint64_t generation) {
     // sees the gap between a lease and its delivery as idle.
     std::optional<BusyScope> busy(std::in_place, *this);
     const bool stuck = !ReleaseLeftovers();  // storage still refusing writes
+    double wake_at = kForever;
+    bool probe = false;
+    const size_t allowed =
+        Allowance(static_cast<size_t>(options_.batch_size), clock_->Now(), &wake_at, &probe);
+    if (allowed == 0) {  // the outage gate: wait for its next step (or the probe's end)
+      busy.reset();
+      waiter->WaitUntil(seen, stuck ? std::min(wake_at, clock_->Now() + 1.0) : wake_at);
+      continue;
+    }
+    struct ProbeEnd {
+      SyncEngine* e;
+      bool on;
+      ~ProbeEnd() {
+        if (on) e->EndProbe();
+      }
+    } probe_end{this, probe};
     std::vector<Operation> ops;
     try {
-      ops = queue_->Take(static_cast<size_t>(options_.batch_size));
+      ops = queue_->Take(allowed);
     } catch (const SyncError& e) {
       if (e.code() == ErrorCode::kClosed) return;
       Log().error("sync engine: take failed: {}", e.what());
@@ -508,7 +675,21 @@ void SyncEngine::WorkerLoop(uint64_t generation) {
       waiter->WaitUntil(seen, clock_->Now() + 1.0);
       continue;
     }
+    {
+      // Take may have waited long (SQLite's lock): a Stop() since then means these
+      // ops are not to be sent. They go back, due at once.
+      std::unique_lock lock(mu_);
+      if (stopping_ || generation != generation_) {
+        lock.unlock();
+        for (const auto& op : ops) PutBack(op, "not sent: the engine was stopping");
+        return;
+      }
+    }
     if (ops.empty()) {
+      if (probe_end.on) {  // nothing to probe with: let the next take probe
+        probe_end.on = false;
+        EndProbe();
+      }
       std::optional<double> next;
       try {
         next = queue_->NextReadyAt();
@@ -544,10 +725,11 @@ void SyncEngine::Start() {
 bool SyncEngine::Idle() {
   {
     std::lock_guard lock(mu_);
-    if (busy_ > 0 || stats_.in_flight > 0) return false;
+    // An op whose ack or retry could not be written is still leased: not idle.
+    if (busy_ > 0 || stats_.in_flight > 0 || !leftovers_.empty()) return false;
   }
   if (!Connected()) return true;
-  const auto next = queue_->NextReadyAt();
+  const auto next = NextAttemptAt();
   return !(next && *next <= clock_->Now());
 }
 
@@ -578,22 +760,23 @@ bool SyncEngine::Stop(bool drain, std::optional<double> timeout) {
   // The join below is bounded in real time: stop(timeout) bounds how long the caller
   // blocks, even on a VirtualClock that nobody advances.
   const auto start = std::chrono::steady_clock::now();
-  if (drain) WaitIdle(timeout);
+  const bool drained = !drain || WaitDrained(timeout);
   std::vector<std::thread> workers;
   {
     std::lock_guard lock(mu_);
-    if (workers_.empty()) return true;
+    if (workers_.empty()) return drained;
     stopping_ = true;
     generation_ += 1;
     workers.swap(workers_);
   }
   queue_->waiter()->Notify();
-  // Ops in flight on the calling thread (a listener calling stop()) are its own: they
-  // finish after this returns.
-  const int64_t own = t_delivering_engine == this ? t_delivering_ops : 0;
+  // The calling thread's own round (a listener calling stop()) finishes after this
+  // returns; every other round counts, from before its take (which may wait long on
+  // SQLite's lock) to the end of its delivery.
+  const int own = t_delivering_engine == this ? 1 : 0;
   auto busy = [&] {
     std::lock_guard lock(mu_);
-    return stats_.in_flight - own > 0;
+    return busy_ - own > 0;
   };
   // Joining cannot time out; a worker inside a hung transport call is waited for
   // only until the deadline, then detached (it exits after its call returns).
@@ -626,7 +809,32 @@ bool SyncEngine::Stop(bool drain, std::optional<double> timeout) {
     std::lock_guard lock(mu_);
     stopping_ = false;
   }
-  return all;
+  return all && drained;
+}
+
+bool SyncEngine::WaitDrained(std::optional<double> timeout) {
+  // In real seconds, like the join in Stop: a VirtualClock nobody advances cannot
+  // hold stop() past its timeout.
+  const auto start = std::chrono::steady_clock::now();
+  for (;;) {
+    // idle_ moves at the end of every delivery round (and on monitor transitions).
+    const uint64_t seen = idle_->Generation();
+    if (queue_->Count() == 0) {
+      std::lock_guard lock(mu_);
+      if (busy_ == 0 && leftovers_.empty()) return true;
+    }
+    {
+      std::lock_guard lock(mu_);
+      if (workers_.empty() || stopping_) return queue_->Count() == 0;  // nobody to drain it
+    }
+    double left = 3600.0;
+    if (timeout) {
+      left = *timeout -
+             std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      if (left <= 0) return false;
+    }
+    idle_->WaitForReal(seen, std::min(left, 3600.0));
+  }
 }
 
 }  // namespace cpcsync

@@ -17,8 +17,10 @@ Status mapping (what :meth:`HttpTransport.send` does with the answer):
 - 409 whose body is a JSON object with ``"value"`` (and ``"version"``, ``"hlc"``):
   :class:`~cpcsync.ConflictError` (remote, remote_timestamp=hlc, remote_version=version);
   a 409 without such a body is a :class:`~cpcsync.PermanentError`.
-- 429 or 503 with a valid Retry-After (seconds or an HTTP date):
-  :class:`~cpcsync.RetryAfter`; without one, :class:`~cpcsync.TransientError`.
+- 429 or 503 with a valid Retry-After (seconds or an HTTP date, see
+  :func:`parse_retry_after`): :class:`~cpcsync.RetryAfter`; without one (or with a
+  malformed one), :class:`~cpcsync.TransientError`. The engine bounds the wait: at
+  most its ``max_retry_after``, and a zero or past value waits the backoff's delay.
 - 408 and other 5xx: :class:`~cpcsync.TransientError`.
 - other 4xx, and 1xx/3xx (redirects are not followed): :class:`~cpcsync.PermanentError`.
 - connection failures (refused, reset, DNS, TLS): :class:`~cpcsync.NetworkError`;
@@ -144,23 +146,43 @@ def redact_headers(headers: Mapping[str, str]) -> dict[str, str]:
     }
 
 
+#: A Retry-After longer than this (30 days) is read as this: a huge value or a date in
+#: year 9999 must not turn into an absurd float. The engine bounds it further by its
+#: ``max_retry_after`` (15 minutes by default).
+RETRY_AFTER_CEILING = 30 * 86400.0
+
+_DELTA_SECONDS = re.compile(r"[0-9]+", re.ASCII)
+
+
 def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
-    """Seconds to wait from a Retry-After header value (delta-seconds or an HTTP
-    date; a date in the past gives 0), or None when absent or malformed."""
-    if value is None:
+    """Seconds to wait from a Retry-After header value, or None when absent or malformed.
+
+    ``value`` is delta-seconds (ASCII digits only, RFC 9110 section 10.2.3) or an
+    HTTP-date, parsed with the standard library's RFC 5322 date parser. A date in the
+    past gives 0.0 (the engine then waits its backoff's next delay instead of nothing);
+    anything above :data:`RETRY_AFTER_CEILING` gives the ceiling. ``now``: the wall-clock
+    time to measure a date from (default ``time.time()``: HTTP dates are wall time).
+    Never raises.
+    """
+    if not isinstance(value, str):
         return None
     text = value.strip()
-    if text.isdigit():
-        return float(int(text))
+    if _DELTA_SECONDS.fullmatch(text):
+        digits = text.lstrip("0") or "0"
+        # length first: int() of a 5,000-digit string raises, and nobody waits that long
+        return RETRY_AFTER_CEILING if len(digits) > 9 else min(float(digits), RETRY_AFTER_CEILING)
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        stamp = when.timestamp()
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=timezone.utc)
     current = time.time() if now is None else now
-    delta = when.timestamp() - current
-    return max(0.0, delta) if math.isfinite(delta) else None
+    delta = stamp - current
+    if not math.isfinite(delta):
+        return None
+    return min(max(0.0, delta), RETRY_AFTER_CEILING)
 
 
 class _QueryRedactor(logging.Filter):

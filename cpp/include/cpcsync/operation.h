@@ -32,7 +32,8 @@ struct Operation {
   std::string idempotency_key;
   uint64_t hlc = 0;
   double created_at = 0;
-  int attempts = 0;
+  int attempts = 0;          // answered failures so far, plus the lease in progress
+  int network_failures = 0;  // failures where no server answered (never counted as attempts)
   double next_attempt_at = 0;
   std::optional<std::string> last_error;
   OpState state = OpState::kPending;

@@ -3,15 +3,32 @@
 // Workers take ready operations while the monitor says connected (no monitor:
 // always connected), call the transport, and act on the result:
 //   delivered   -> ack
-//   transient   -> retry after backoff.NextDelay(attempts) (network failures also
-//                  call monitor.ReportFailure())
-//   retry-after -> retry after exactly the server's delay
+//   transient   -> retry after backoff.NextDelay(attempts): the server answered
+//                  with a failure (5xx, a transport's TransientError)
+//   network     -> no server answered (refused, reset, DNS, timeout before a
+//                  response): retry after backoff.NextDelay(attempts +
+//                  network_failures), and monitor.ReportFailure(). It does NOT count
+//                  toward max_attempts ("outages are not the op's fault"): the op's
+//                  network_failures grows instead, however long the outage.
+//   retry-after -> retry after the server's delay, bounded: above max_retry_after (or
+//                  NaN) it is max_retry_after; below kMinRetryAfter it is kMinRetryAfter;
+//                  zero or past, it is the backoff's next delay, at least
+//                  kMinRetryAfter (never a tight loop)
 //   permanent   -> dead letter
 //   conflict    -> the resolver: use_local / merge resend the op against the remote
-//                  version (merge with the merged payload); use_remote completes it
-//                  as superseded. The remote HLC is observed into the queue's clock.
+//                  version (merge with the merged payload) at once the first time,
+//                  after the backoff's delay when the server keeps reporting a
+//                  conflict; use_remote completes it as superseded. The remote HLC is
+//                  observed into the queue's clock.
 // An op whose attempts reach max_attempts, or whose first attempt is max_elapsed
-// seconds old, is dead-lettered instead of retried, with its error kept.
+// seconds old (every failure counts for that, network ones too), is dead-lettered
+// instead of retried, with its error kept.
+//
+// Outage gate. Consecutive network failures (no answered result in between) make the
+// whole engine back off: after the k-th, nothing is taken for backoff.NextDelay(k)
+// seconds; then ONE op goes out as a probe while the others wait. An answer from the
+// server (any result but a network failure) or a monitor reconnect opens the gate
+// again. So an outage costs one attempt per backoff step, not one per op.
 //
 // Workers sleep on the queue's Waiter and wake at once on enqueue, on a monitor
 // transition, and when the next retry comes due on the clock: no polling.
@@ -48,11 +65,15 @@
 namespace cpcsync {
 
 struct EngineOptions {
-  int max_attempts = 10;               // >= 1
+  int max_attempts = 10;               // >= 1; answered failures only
   std::optional<double> max_elapsed;   // seconds since the first attempt; > 0
   int concurrency = 1;                 // worker threads (>= 1)
   int batch_size = 1;                  // ops per transport call (>= 1)
+  double max_retry_after = 900.0;      // seconds; a longer Retry-After is clamped (> 0)
 };
+
+// The shortest wait a zero, past or garbled Retry-After can cause (seconds).
+inline constexpr double kMinRetryAfter = 0.1;
 
 // What one ProcessOnce()/Drain() did (the seed design's ProcessingSummary).
 struct ProcessingSummary {
@@ -72,11 +93,18 @@ struct EngineEvent {
   std::optional<std::string> error;  // retry, dead_letter
   std::optional<Remote> remote;      // conflict, superseded
   std::optional<bool> connected;     // network
+  // retry: true when no server answered (a network failure, not counted toward
+  // max_attempts), false for an answered failure.
+  std::optional<bool> network;
 };
 
 struct EngineStats {
   int64_t delivered = 0, retried = 0, dead_lettered = 0, conflicts = 0, superseded = 0;
   int64_t in_flight = 0, listener_errors = 0, transport_calls = 0;
+  int64_t network_failures = 0;  // retries after a network failure (not counted as attempts)
+  int64_t outage_failures = 0;   // consecutive network failures now (0: the gate is open)
+  double outage_resume_at = 0;   // when the outage gate lets the next probe out (clock time)
+  int64_t busy_workers = 0;      // workers (and process_once calls) between take and results
   bool running = false;
   std::vector<double> latencies;  // recent delivery latencies (created -> acked), seconds
 };
@@ -105,16 +133,27 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   void Start();
   // Stops the workers. Callable from a listener or transport running on a worker
   // (that worker exits once its callback returns; drain=true is refused there, as
-  // it would wait for itself). drain=true first waits (up to timeout) until idle. Ops in
-  // flight finish (their results are applied); a worker stuck in the transport past
-  // `timeout` is left to finish on its own and its op is made ready again when the
-  // queue is next opened. Returns whether every worker stopped in time. The wait for
-  // workers is bounded in real seconds whatever the clock (the drain part, like
-  // WaitIdle, runs on the engine's clock).
+  // it would wait for itself). drain=true first waits, connected or not, until the
+  // queue is empty (nothing pending or in flight; retries waiting for their delay
+  // count as pending) or `timeout` passes. Ops in flight finish (their results are
+  // applied); a worker still busy (inside Take, e.g. waiting for SQLite's lock, or
+  // inside the transport) past `timeout` is left to finish on its own: it sends
+  // nothing more, and an op it holds is made ready again when the queue is next
+  // opened. Returns false if drain=true and the queue did not empty, or if a worker
+  // did not stop in time. `timeout` is real seconds whatever the clock, for the drain
+  // and the join alike: stop() never blocks its caller longer than it said, even on a
+  // VirtualClock nobody advances (one budget for both waits).
   bool Stop(bool drain = false, std::optional<double> timeout = std::nullopt);
-  // Idle: nothing in flight, and nothing deliverable now (or disconnected).
+  // Idle: nothing taken or leased by this engine (also no op whose outcome could
+  // not be written yet), and nothing deliverable now (disconnected, or the outage
+  // gate closed, counts as nothing deliverable).
   bool WaitIdle(std::optional<double> timeout);
+  // When the engine will next take an op by itself: the queue's next ready time, or
+  // later while the outage gate is closed; nullopt when nothing is pending.
+  std::optional<double> NextAttemptAt();
   bool running() const;
+  // Rounds between a take and the end of their delivery now (engine state only).
+  int64_t BusyWorkers() const;
 
   void On(const std::string& event, Listener listener);
   EngineStats Stats() const;
@@ -134,6 +173,8 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
 
   bool Connected() const;
   bool Idle();
+  // Stop(drain=true): until the queue is empty and nothing is busy, or the timeout.
+  bool WaitDrained(std::optional<double> timeout);
   void WorkerLoop(uint64_t generation);
   // In a process forked after Start(): the workers are the parent's threads and do
   // not exist here. Forgets them (never joined, never destroyed) and returns true.
@@ -141,8 +182,12 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   bool AbandonForeignWorkersLocked();
   ProcessingSummary Deliver(std::vector<Operation> ops);
   void Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary);
-  void RetryOrBury(const Operation& op, double delay, const std::string& error,
+  // `network`: the failure was no server's answer (does not count toward max_attempts).
+  void RetryOrBury(const Operation& op, double delay, const std::string& error, bool network,
                    ProcessingSummary& summary);
+  double RetryAfterDelay(const Operation& op, double server_delay);
+  // Puts an op this engine took but did not send back in the queue, due at once.
+  void PutBack(const Operation& op, const std::string& why);
   void Bury(const Operation& op, const std::string& reason, ProcessingSummary& summary);
   std::shared_ptr<BackoffStrategy> BackoffFor(int64_t id);
   void Forget(int64_t id);
@@ -150,6 +195,23 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   // Puts back (pending, due now) the ops whose outcome could not be written (a
   // storage failure left them leased to us); true when none is left over.
   bool ReleaseLeftovers();
+
+  // Outage gate (see the header comment). Shared with the monitor observer, which
+  // opens it on reconnect.
+  struct OutageGate {
+    std::mutex mu;
+    int64_t failures = 0;  // consecutive network failures
+    double until = 0;      // no take before this (clock time)
+    bool probing = false;  // one op is out probing
+    void Open();
+  };
+  // How many ops a take may lease now: 0 (and *wake_at set) while the gate holds
+  // them back; `wanted` when open; 1 for a probe (then *probe is set: call EndProbe).
+  size_t Allowance(size_t wanted, double now, double* wake_at, bool* probe);
+  void EndProbe();
+  // After a transport call: an answer opens the gate, a network failure closes it
+  // for the next step.
+  void NoteOutcome(bool answered, bool network);
 
   // Listeners live apart from the engine, so the monitor observer (which may still
   // run while the engine is destroyed) holds them, not the engine.
@@ -170,6 +232,8 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   std::shared_ptr<Waiter> idle_;  // notified when a delivery ends or the network changes
   std::optional<NetworkMonitor::Token> monitor_token_;
   std::shared_ptr<EventHub> events_ = std::make_shared<EventHub>();
+  std::shared_ptr<OutageGate> gate_ = std::make_shared<OutageGate>();
+  std::shared_ptr<BackoffStrategy> gate_backoff_;  // the outage gate's own sequence
 
   mutable std::mutex mu_;  // guards everything below; never held while calling out
   std::map<int64_t, std::shared_ptr<BackoffStrategy>> sequences_;  // stateful backoff per op

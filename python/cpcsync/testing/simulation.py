@@ -38,7 +38,8 @@ class Simulation:
     time order, then in the order they were scheduled), then delivers every ready
     operation (``engine.process_once()`` until a round does nothing), then jumps the
     clock to the next thing that can happen: the next scheduled action, or (while
-    connected) the earliest retry coming due. An hour of retries takes milliseconds.
+    connected) the earliest retry coming due, or the end of the engine's outage backoff
+    (:meth:`SyncEngine.next_attempt_at`). An hour of retries takes milliseconds.
 
     During a run the clock is in auto-advance mode, so latency a FaultyTransport adds
     moves virtual time instead of blocking. The engine must not be started (its workers
@@ -157,7 +158,9 @@ class Simulation:
                 if stop_when_idle and len(queue) == 0:
                     return True
                 candidates = [e.time for e in self._events[:1]]
-                ready_at = queue.next_ready_at() if self._connected() else None
+                # the engine's view: the queue's next due op, later while its outage
+                # gate holds deliveries back
+                ready_at = self.engine.next_attempt_at() if self._connected() else None
                 if ready_at is not None:
                     if ready_at <= self.now and not progressed and not self._events_due():
                         raise SimulationStuck(
