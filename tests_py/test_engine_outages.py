@@ -7,6 +7,7 @@ dead-letters an op by itself; answered failures (5xx, TransientError, PermanentE
 
 from __future__ import annotations
 
+import itertools
 import threading
 from pathlib import Path
 from typing import Any
@@ -163,7 +164,7 @@ def test_a_zero_or_tiny_retry_after_never_makes_a_tight_loop(seconds: float, gap
     q.enqueue("set", {"v": 1}, key="a")
     summary = engine.drain(timeout=3600)
     assert len(summary.failed) == 1  # an answered failure: counted
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     # zero waits the backoff (2 s); below 0.1 s waits 0.1 s; anything else exactly
     assert gaps == pytest.approx([gap] * 9), gaps
 
@@ -181,7 +182,7 @@ def test_a_zero_retry_after_never_loops_even_with_a_zero_backoff() -> None:
     )
     q.enqueue("set", {"v": 1}, key="a")
     engine.drain(timeout=3600)
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     assert len(gaps) == 9 and min(gaps) >= 0.1 - 1e-9, gaps
 
 
@@ -223,7 +224,7 @@ def test_a_429_with_a_past_http_date_backs_off_end_to_end() -> None:
         summary = engine.drain(timeout=3600)
         transport.close()
         assert summary.successful == 1
-        gaps = [b - a for a, b in zip(calls, calls[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(calls)]
         assert gaps == pytest.approx([1.5, 1.5, 1.5])
 
 
@@ -244,7 +245,7 @@ def test_a_server_that_keeps_reporting_a_conflict_is_backed_off_then_named() -> 
     )
     op = q.enqueue("set", {"v": 1}, key="a")
     engine.drain(timeout=3600)
-    gaps = [b - a for a, b in zip(calls, calls[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(calls)]
     # the first conflict is resolved and resent at once; the server answering the
     # resend with a conflict again is an answered failure: backed off
     assert gaps == pytest.approx([0.0, 3.0, 3.0]), gaps
