@@ -90,10 +90,12 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
            py::arg("backoff") = py::none(), py::arg("resolver") = py::none(),
            py::arg("max_attempts") = 10, py::arg("max_elapsed") = py::none(),
            py::arg("concurrency") = 1, py::arg("batch_size") = 1, py::arg("clock") = nullptr,
-           py::arg("loop") = py::none(), py::arg("max_retry_after") = EngineOptions{}.max_retry_after,
+           py::arg("loop") = py::none(),
+           py::arg("max_retry_after") = EngineOptions{}.max_retry_after,
            "monitor=None: always connected. max_attempts counts answered failures only "
            "(a network failure, where no server answered, never uses one up). "
-           "max_retry_after: a server's Retry-After above this many seconds is clamped to it. backoff: a BackoffStrategy or callable n -> "
+           "max_retry_after: a server's Retry-After above this many seconds is clamped to it. "
+           "backoff: a BackoffStrategy or callable n -> "
            "seconds (default ExponentialBackoff()). resolver: a ConflictResolver or callable "
            "(local, remote) -> Resolution (default LastWriteWins()). "
            "clock: default the queue's. loop: the asyncio loop for async transports (default "
@@ -226,7 +228,8 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
           "Counters (delivered, retried, network_failures (retries where no server "
           "answered; they never count toward max_attempts), dead_lettered, conflicts, "
           "superseded, in_flight, busy_workers, callback_errors), the outage gate "
-          "(outage: consecutive_failures, resume_in seconds), queue depth by priority, oldest pending age, and delivery "
+          "(outage: consecutive_failures, resume_in seconds), queue depth by priority, oldest "
+          "pending age, and delivery "
           "latency percentiles (created -> acknowledged, seconds, recent deliveries).")
       .def_property_readonly("queue", &SyncEngine::queue, "The engine's queue.")
       .def_property_readonly("clock", &SyncEngine::clock, "The engine's clock.");

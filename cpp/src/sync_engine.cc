@@ -100,8 +100,7 @@ SyncEngine::SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transpo
     // a reconnect also opens the outage gate: the monitor says the server is back.
     std::weak_ptr<Waiter> work = queue_->waiter();
     std::weak_ptr<Waiter> idle = idle_;
-    monitor_token_ = monitor_->Subscribe([work, idle, hub = events_,
-                                          gate = gate_](bool connected) {
+    monitor_token_ = monitor_->Subscribe([work, idle, hub = events_, gate = gate_](bool connected) {
       if (connected) gate->Open();
       if (auto w = work.lock()) w->Notify();
       if (auto w = idle.lock()) w->Notify();

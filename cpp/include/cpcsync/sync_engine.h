@@ -65,11 +65,11 @@
 namespace cpcsync {
 
 struct EngineOptions {
-  int max_attempts = 10;               // >= 1; answered failures only
-  std::optional<double> max_elapsed;   // seconds since the first attempt; > 0
-  int concurrency = 1;                 // worker threads (>= 1)
-  int batch_size = 1;                  // ops per transport call (>= 1)
-  double max_retry_after = 900.0;      // seconds; a longer Retry-After is clamped (> 0)
+  int max_attempts = 10;              // >= 1; answered failures only
+  std::optional<double> max_elapsed;  // seconds since the first attempt; > 0
+  int concurrency = 1;                // worker threads (>= 1)
+  int batch_size = 1;                 // ops per transport call (>= 1)
+  double max_retry_after = 900.0;     // seconds; a longer Retry-After is clamped (> 0)
 };
 
 // The shortest wait a zero, past or garbled Retry-After can cause (seconds).
@@ -89,7 +89,7 @@ struct ProcessingSummary {
 struct EngineEvent {
   std::string name;
   std::optional<Operation> op;
-  std::optional<double> delay;      // retry
+  std::optional<double> delay;       // retry
   std::optional<std::string> error;  // retry, dead_letter
   std::optional<Remote> remote;      // conflict, superseded
   std::optional<bool> connected;     // network
@@ -243,7 +243,7 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   uint64_t generation_ = 0;  // bumped by Stop: a worker of an older generation exits
   bool stopping_ = false;
   size_t latency_next_ = 0;
-  int busy_ = 0;  // rounds between a take and the end of their delivery
+  int busy_ = 0;                    // rounds between a take and the end of their delivery
   std::vector<int64_t> leftovers_;  // leased ops whose outcome could not be written
 };
 

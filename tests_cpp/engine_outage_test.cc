@@ -1,0 +1,224 @@
+// SyncEngine, issue 13: outages never use up attempts (and back the whole engine
+// off), Retry-After is bounded, repeated conflicts back off, stop() is bounded and
+// drain=true means "the queue emptied". The Python tests (test_engine_outages.py,
+// test_engine_stop.py) cover these end to end; these run the core alone, with real
+// worker threads, so `make sanitize` sees them under ASan/UBSan and TSan.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <limits>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "cpcsync/errors.h"
+#include "cpcsync/sync_engine.h"
+
+namespace cpcsync {
+namespace {
+
+using Kind = DeliveryResult::Kind;
+
+// A transport answering from a function; counts calls.
+class FnTransport final : public Transport {
+ public:
+  explicit FnTransport(std::function<DeliveryResult(const Operation&)> fn) : fn_(std::move(fn)) {}
+  DeliveryResult Send(const Operation& op) override {
+    calls.fetch_add(1);
+    return fn_(op);
+  }
+  std::atomic<int> calls{0};
+
+ private:
+  std::function<DeliveryResult(const Operation&)> fn_;
+};
+
+int64_t Put(SyncQueue& q, const std::string& key) {
+  NewOp op;
+  op.kind = "put";
+  op.key = key;
+  op.payload = "{}";
+  return q.Enqueue(std::move(op));
+}
+
+TEST(EngineOutage, NetworkFailuresNeverDeadLetterWithManyWorkers) {
+  auto q = SyncQueue::InMemory(Limits{}, nullptr);
+  for (int i = 0; i < 12; ++i) Put(*q, "k" + std::to_string(i));
+  std::atomic<int> failures_left{40};
+  auto transport = std::make_shared<FnTransport>([&](const Operation&) {
+    if (failures_left.fetch_sub(1) > 0) return DeliveryResult::Failed(Kind::kNetwork, "refused");
+    return DeliveryResult::Delivered();
+  });
+  EngineOptions options;
+  options.max_attempts = 1;  // a counted failure would bury at once
+  options.concurrency = 4;
+  auto engine = std::make_shared<SyncEngine>(
+      q, transport, nullptr, std::make_shared<ConstantBackoff>(0.001), nullptr, options);
+  std::atomic<int> network_retries{0};
+  engine->On("retry", [&](const EngineEvent& e) {
+    if (e.network.value_or(false)) network_retries.fetch_add(1);
+  });
+  engine->Start();
+  ASSERT_TRUE(engine->Stop(/*drain=*/true, 60.0));
+  EXPECT_EQ(q->Count(), 0);
+  EXPECT_TRUE(q->DeadLetters().empty());
+  EXPECT_GE(network_retries.load(), 40);
+  const EngineStats s = engine->Stats();
+  EXPECT_EQ(s.delivered, 12);
+  EXPECT_EQ(s.dead_lettered, 0);
+  EXPECT_EQ(s.network_failures, network_retries.load());
+  EXPECT_EQ(s.outage_failures, 0);  // the first delivery opened the gate
+}
+
+TEST(EngineOutage, TheGateHoldsEveryWorkerButOneProbe) {
+  auto clock = std::make_shared<VirtualClock>(100.0);
+  auto q = SyncQueue::InMemory(Limits{}, clock);
+  for (int i = 0; i < 6; ++i) Put(*q, "k" + std::to_string(i));
+  auto transport = std::make_shared<FnTransport>(
+      [](const Operation&) { return DeliveryResult::Failed(Kind::kNetwork, "refused"); });
+  EngineOptions options;
+  options.batch_size = 1;
+  options.concurrency = 3;
+  auto engine = std::make_shared<SyncEngine>(
+      q, transport, nullptr, std::make_shared<ConstantBackoff>(10.0), nullptr, options, clock);
+  // One round on this thread: the three ops it takes fail, the gate closes.
+  const ProcessingSummary first = engine->ProcessOnce();
+  EXPECT_EQ(first.retried.size(), 3u);
+  EXPECT_TRUE(first.failed.empty());
+  EXPECT_EQ(engine->Stats().outage_failures, 3);
+  EXPECT_EQ(engine->NextAttemptAt(), std::optional<double>(110.0));
+  EXPECT_TRUE(engine->ProcessOnce().retried.empty());  // gated: nothing taken
+  clock->Advance(10.0);
+  const ProcessingSummary probe = engine->ProcessOnce();  // one probe, not three
+  EXPECT_EQ(probe.retried.size(), 1u);
+  EXPECT_EQ(transport->calls.load(), 4);
+  EXPECT_TRUE(q->DeadLetters().empty());
+}
+
+TEST(EngineOutage, AReconnectOpensTheGate) {
+  auto clock = std::make_shared<VirtualClock>(0.0);
+  auto q = SyncQueue::InMemory(Limits{}, clock);
+  Put(*q, "a");
+  Put(*q, "b");
+  std::atomic<bool> down{true};
+  auto transport = std::make_shared<FnTransport>([&](const Operation&) {
+    return down.load() ? DeliveryResult::Failed(Kind::kNetwork, "refused")
+                       : DeliveryResult::Delivered();
+  });
+  NetworkMonitorOptions mo;
+  mo.connected = true;
+  auto monitor = std::make_shared<NetworkMonitor>(mo, nullptr, clock);
+  auto engine =
+      std::make_shared<SyncEngine>(q, transport, monitor, std::make_shared<ConstantBackoff>(3600.0),
+                                   nullptr, EngineOptions{}, clock);
+  engine->ProcessOnce();
+  EXPECT_EQ(engine->Stats().outage_failures, 1);
+  monitor->SetConnected(false);
+  down = false;
+  monitor->SetConnected(true);  // the monitor says the server is back: no hour's wait
+  EXPECT_EQ(engine->Stats().outage_failures, 0);
+  clock->Advance(3600.0);  // the failed op's own retry comes due
+  const ProcessingSummary s = engine->Drain(100.0);
+  EXPECT_EQ(s.successful, 2);
+}
+
+TEST(EngineRetryAfter, HugeIsClampedZeroBacksOffTinyIsFloored) {
+  auto clock = std::make_shared<VirtualClock>(0.0);
+  auto q = SyncQueue::InMemory(Limits{}, clock);
+  std::vector<double> answers = {1e20, std::numeric_limits<double>::quiet_NaN(), 0.0, 1e-9, 7.0};
+  size_t next = 0;
+  auto transport = std::make_shared<FnTransport>([&](const Operation&) {
+    DeliveryResult r = DeliveryResult::Failed(Kind::kRetryAfter, "429");
+    r.retry_after = answers[next++];
+    return r;
+  });
+  EngineOptions options;
+  options.max_retry_after = 120.0;
+  auto engine = std::make_shared<SyncEngine>(
+      q, transport, nullptr, std::make_shared<ConstantBackoff>(2.5), nullptr, options, clock);
+  const int64_t id = Put(*q, "a");
+  std::vector<double> delays;
+  for (size_t i = 0; i < answers.size(); ++i) {
+    const ProcessingSummary s = engine->ProcessOnce();
+    ASSERT_EQ(s.retried.size(), 1u) << i;
+    EXPECT_EQ(s.retried[0].first, id);
+    delays.push_back(s.retried[0].second);
+    clock->Advance(s.retried[0].second);
+  }
+  EXPECT_EQ(delays, (std::vector<double>{120.0, 120.0, 2.5, kMinRetryAfter, 7.0}));
+  EngineOptions bad;
+  bad.max_retry_after = 0.0;
+  EXPECT_THROW(std::make_shared<SyncEngine>(q, transport, nullptr, nullptr, nullptr, bad, clock),
+               SyncError);
+}
+
+TEST(EngineConflicts, AServerThatKeepsReportingAConflictIsBackedOffThenNamed) {
+  auto clock = std::make_shared<VirtualClock>(0.0);
+  auto q = SyncQueue::InMemory(Limits{}, clock);
+  auto transport = std::make_shared<FnTransport>([](const Operation&) {
+    DeliveryResult r = DeliveryResult::Failed(Kind::kConflict, "409");
+    r.remote.value = "{}";
+    r.remote.hlc = 1;  // older than the op: LastWriteWins keeps the local value
+    r.remote.version = 7;
+    return r;
+  });
+  EngineOptions options;
+  options.max_attempts = 3;
+  auto engine = std::make_shared<SyncEngine>(
+      q, transport, nullptr, std::make_shared<ConstantBackoff>(4.0), nullptr, options, clock);
+  Put(*q, "a");
+  std::vector<double> delays;
+  for (int i = 0; i < 3; ++i) {
+    const ProcessingSummary s = engine->ProcessOnce();
+    if (!s.retried.empty()) {
+      delays.push_back(s.retried[0].second);
+      clock->Advance(s.retried[0].second);
+    }
+  }
+  EXPECT_EQ(delays, (std::vector<double>{0.0, 4.0}));
+  const auto dead = q->DeadLetters();
+  ASSERT_EQ(dead.size(), 1u);
+  EXPECT_EQ(dead[0].last_error.value_or(""),
+            "gave up after 3 attempts: the server kept reporting a conflict (version 7)");
+}
+
+TEST(EngineStop, DrainWaitsForAnEmptyQueueEvenOffline) {
+  auto q = SyncQueue::InMemory(Limits{}, nullptr);
+  Put(*q, "a");
+  NetworkMonitorOptions mo;
+  mo.connected = false;
+  auto monitor = std::make_shared<NetworkMonitor>(mo, nullptr, nullptr);
+  auto transport =
+      std::make_shared<FnTransport>([](const Operation&) { return DeliveryResult::Delivered(); });
+  auto engine =
+      std::make_shared<SyncEngine>(q, transport, monitor, nullptr, nullptr, EngineOptions{});
+  engine->Start();
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(engine->Stop(/*drain=*/true, 0.2));  // offline: not drained
+  EXPECT_GE(std::chrono::steady_clock::now() - start, std::chrono::milliseconds(200));
+  EXPECT_EQ(q->Count(), 1);
+  engine->Start();
+  monitor->SetConnected(true);
+  EXPECT_TRUE(engine->Stop(/*drain=*/true, 60.0));
+  EXPECT_EQ(q->Count(), 0);
+  EXPECT_EQ(transport->calls.load(), 1);
+}
+
+TEST(EngineClocks, AVirtualClockCannotBeMixedWithAnother) {
+  auto q = SyncQueue::InMemory(Limits{}, std::make_shared<VirtualClock>(0.0));
+  auto transport =
+      std::make_shared<FnTransport>([](const Operation&) { return DeliveryResult::Delivered(); });
+  EXPECT_THROW(std::make_shared<SyncEngine>(q, transport, nullptr, nullptr, nullptr,
+                                            EngineOptions{}, std::make_shared<VirtualClock>(0.0)),
+               SyncError);
+  EXPECT_THROW(std::make_shared<SyncEngine>(q, transport, nullptr, nullptr, nullptr,
+                                            EngineOptions{}, SystemClock::Default()),
+               SyncError);
+  EXPECT_NO_THROW(std::make_shared<SyncEngine>(q, transport, nullptr, nullptr, nullptr,
+                                               EngineOptions{}, q->clock()));
+}
+
+}  // namespace
+}  // namespace cpcsync
