@@ -1055,8 +1055,15 @@ class SyncEngine:
         batch_size: int = 1,
         clock: Clock | None = None,
         loop: typing.Any = None,
+        max_retry_after: float = 900.0,
     ) -> None:
-        """Build an engine; see the class docstring."""
+        """Build an engine; see the class docstring.
+
+        ``max_attempts`` counts answered failures only: a network failure (no server
+        answered) never uses one up, and the whole engine backs off during an outage.
+        ``max_retry_after``: a server's Retry-After above this many seconds is clamped.
+        ``clock`` must be the queue's clock when either is a VirtualClock.
+        """
     def process_once(self) -> ProcessingSummary:
         """Deliver one round of ready operations on this thread (none while disconnected)."""
     def drain(self, timeout: float | None = None) -> ProcessingSummary:
@@ -1064,18 +1071,28 @@ class SyncEngine:
     def start(self) -> None:
         """Start the background workers (concurrency of them)."""
     def stop(self, drain: bool = False, timeout: float | None = None) -> bool:
-        """Stop the workers; False if one was still inside the transport at the timeout."""
+        """Stop the workers. drain=True first waits, connected or not, until the queue
+        is empty or ``timeout`` (real seconds) passes. False if it did not drain, or if
+        a worker was still busy (in a take or the transport) at the timeout."""
     def wait_idle(self, timeout: float | None = None) -> bool:
-        """Block until nothing is in flight and nothing is deliverable now."""
+        """Block until nothing is taken or leased by the engine and nothing is
+        deliverable now (offline, or the outage gate closed, counts as nothing)."""
+    def next_attempt_at(self) -> float | None:
+        """Clock time of the engine's next take: the queue's next ready time, or later
+        while the outage gate holds deliveries back; None when nothing is pending."""
     async def wait_idle_async(self, timeout: float | None = None) -> bool:
         """wait_idle without blocking the event loop."""
     def on(self, event: str, fn: collections.abc.Callable[[dict[str, typing.Any]], object]) -> None:
         """Call fn(info) on delivered, retry, dead_letter, conflict, superseded or network."""
     def stats(self) -> dict[str, typing.Any]:
-        """Counters, queue depth by priority, oldest pending age, latency percentiles."""
+        """Counters (network_failures among them), the outage gate, queue depth by
+        priority, oldest pending age, latency percentiles."""
     @property
     def running(self) -> bool:
         """True between start() and stop()."""
+    @property
+    def busy_workers(self) -> int:
+        """Rounds between a take and the end of their delivery now (engine state only)."""
     @property
     def queue(self) -> SyncQueue:
         """The engine's queue."""
