@@ -15,6 +15,7 @@
 
 #include "cpcsync/errors.h"
 #include "cpcsync/sync_engine.h"
+#include "fault_sweep_fixture.h"
 
 namespace cpcsync {
 namespace {
@@ -218,6 +219,35 @@ TEST(EngineClocks, AVirtualClockCannotBeMixedWithAnother) {
                SyncError);
   EXPECT_NO_THROW(std::make_shared<SyncEngine>(q, transport, nullptr, nullptr, nullptr,
                                                EngineOptions{}, q->clock()));
+}
+
+TEST(EngineIdle, NotIdleWhileAnOpWhoseAckFailedIsStillLeased) {
+  // Before: wait_idle() returned True with the op leased (engine in_flight 0, queue
+  // in_flight 1) after its ack failed on a full disk.
+  testing::FaultVfs& vfs = testing::SweepVfs();
+  const std::string path = testing::SweepPath("engine_leftover");
+  auto q = testing::OpenSweepQueue(path, Durability::kNormal);
+  Put(*q, "a");
+  bool armed = false;
+  auto transport = std::make_shared<FnTransport>([&](const Operation&) {
+    if (!armed) {  // the server has it; from now on the disk refuses every write
+      armed = true;
+      vfs.Arm(testing::Fault{1, testing::Fault::Mode::kPersistent,
+                             testing::kIoWrite | testing::kIoSync, SQLITE_IOERR});
+    }
+    return DeliveryResult::Delivered();
+  });
+  auto engine = std::make_shared<SyncEngine>(q, transport, nullptr, nullptr, nullptr,
+                                             EngineOptions{}, q->clock());
+  engine->ProcessOnce();
+  EXPECT_GT(vfs.failed(), 0);
+  EXPECT_FALSE(engine->WaitIdle(0.0));  // leased, its outcome unwritten: not idle
+  vfs.Clear();
+  engine->ProcessOnce();  // puts it back, then delivers it again (at least once)
+  EXPECT_TRUE(engine->WaitIdle(0.0));
+  EXPECT_EQ(q->Count(), 0);
+  EXPECT_EQ(transport->calls.load(), 2);
+  q->Close();
 }
 
 }  // namespace
