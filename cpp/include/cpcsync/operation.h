@@ -32,7 +32,8 @@ struct Operation {
   std::string idempotency_key;
   uint64_t hlc = 0;
   double created_at = 0;
-  int attempts = 0;
+  int attempts = 0;          // deliveries that got an answer (or a transport error)
+  int network_failures = 0;  // deliveries where no server answered (not attempts)
   double next_attempt_at = 0;
   std::optional<std::string> last_error;
   OpState state = OpState::kPending;
