@@ -1321,8 +1321,12 @@ class SqliteStorage final : public QueueStorage {
     } else {
       sqlite3_wal_autocheckpoint(db_.get(), static_cast<int>(frames));
     }
-    const std::string limit = "PRAGMA journal_size_limit=" + std::to_string(frames * frame);
-    sqlite3_exec(db_.get(), limit.c_str(), nullptr, nullptr, nullptr);  // no I/O: cannot fail
+    const int64_t limit = frames * frame;
+    try {  // no I/O; and a commit that already happened must not report a failure
+      db_.Exec(("PRAGMA journal_size_limit = " + std::to_string(limit)).c_str());
+    } catch (const SyncError& e) {
+      Log().warn("queue '{}': cannot set the WAL size limit: {}", path_, e.what());
+    }
   }
 
   // SQLITE_FULL: if the queue's own WAL filled the disk, a TRUNCATE checkpoint (all
