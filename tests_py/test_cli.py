@@ -122,6 +122,7 @@ def test_status_json(populated: Populated, capsys: pytest.CaptureFixture[str]) -
         "bytes",
         "oldest_pending_age",
         "next_due_in",
+        "network_failures",
         "by_priority",
         "consumer",
         "last_errors",
@@ -879,6 +880,9 @@ def test_list_and_dead_letters_show_network_failures(
     assert (ops[dead]["attempts"], ops[dead]["network_failures"]) == (1, 3)
     [dl] = run_json(capsys, "dead-letters", str(path), "--json")
     assert (dl["id"], dl["attempts"], dl["network_failures"]) == (dead, 1, 3)
+    assert run_json(capsys, "status", str(path), "--json")["network_failures"] == 6
+    code, out, _ = run(capsys, "status", str(path))
+    assert code == 0 and "Network failures" in out and "6 (not attempts)" in out, out
     monkeypatch.setenv("COLUMNS", "200")
     for argv in (("list", str(path)), ("dead-letters", str(path))):
         code, out, _ = run(capsys, *argv)

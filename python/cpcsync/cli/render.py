@@ -257,6 +257,8 @@ def print_status(status: Mapping[str, Any]) -> None:
     grid.add_row("Oldest pending", _cell(human_duration(status["oldest_pending_age"])))
     if status["next_due_in"] is not None:
         grid.add_row("Next retry due in", _cell(human_duration(status["next_due_in"])))
+    if status["network_failures"]:
+        grid.add_row("Network failures", _cell(f"{status['network_failures']} (not attempts)"))
     console.print(grid)
     if status["in_flight"] and status["consumer"]["active"] is False:
         console.print(
