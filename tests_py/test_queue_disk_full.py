@@ -188,3 +188,23 @@ def test_disk_filled_by_something_else(tiny_disk: Path, durability: str) -> None
         drain_exactly_once(q, enqueued, delivered)
     with cs.SyncQueue.open(path) as q:  # and the file is whole
         assert len(q) == 0
+
+
+@pytest.mark.parametrize("durability", DURABILITIES)
+def test_engine_on_a_small_disk_delivers_everything_once(tiny_disk: Path, durability: str) -> None:
+    """The issue's engine case (before: it wedged after ~50 ops, and again 39 ops after
+    1.2 MB was freed): an engine delivering as ops come, 300 of them, on 2 MiB."""
+    path = tiny_disk / "q.db"
+    sent: list[int] = []
+    enqueued: list[int] = []
+    with cs.SyncQueue.open(path, durability=durability) as q:
+        engine = cs.SyncEngine(q, lambda op: sent.append(op.id))
+        for i in range(300):
+            enqueued.append(q.enqueue("k", PAYLOAD, key=f"k{i % 7}"))
+            engine.process_once()
+        engine.drain(timeout=30.0)
+        engine.stop()
+        assert sorted(sent) == sorted(enqueued)
+        assert len(set(sent)) == len(sent)
+        assert len(q) == 0
+        assert q.stats()["dead"] == 0
