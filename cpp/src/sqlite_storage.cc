@@ -629,9 +629,11 @@ class SqliteStorage final : public QueueStorage {
     std::lock_guard lock(db_mu_);
     if (ReadCountersNow().max_hlc >= remote) return;  // the usual case: no write
     WithSpaceRetry([&] {
-      // At the handle's durability: a high-water mark lost to a power cut could let a
-      // later local edit be stamped below a remote write it should beat.
-      Txn txn(*this, options_.durability);
+      // At NORMAL, like the consumer's writes: WAL frames survive a power cut only as a
+      // prefix, so a mark lost with the last unsynced frames takes with it what came
+      // after it (the ack or retry of the conflicting op, which is then delivered
+      // again and observed again); and the next enqueue at "full" syncs it.
+      Txn txn(*this, Durability::kNormal);
       counters_.max_hlc = std::max(counters_.max_hlc, remote);
       txn.Commit();
     });

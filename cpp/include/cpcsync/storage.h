@@ -93,7 +93,7 @@ class QueueStorage {
   // Highest HLC ever stored or observed (0 when empty).
   virtual uint64_t MaxHlc() = 0;
   // Raises the stored high-water mark to `remote` if it is higher (in its own write
-  // transaction, durable at the handle's durability): every op inserted later, by any
+  // transaction, committed like the consumer's writes): every op inserted later, by any
   // handle on the same storage, is stamped above it.
   virtual void ObserveHlc(uint64_t remote) = 0;
   virtual void Close() = 0;
