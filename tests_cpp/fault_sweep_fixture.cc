@@ -121,8 +121,12 @@ void PrepareVersion1(const std::string& path) {
   fs::copy_file(Template(), path);
   sqlite3* db = nullptr;
   ASSERT_EQ(sqlite3_open(path.c_str(), &db), SQLITE_OK);
-  // Undo migrations 3 and 2 (newest first), so the file is what version 1 wrote.
+  // Undo migrations 4, 3 and 2 (newest first), so the file is what version 1 wrote.
   EXPECT_EQ(sqlite3_exec(db,
+                         "ALTER TABLE counters DROP COLUMN wall_high;"
+                         "ALTER TABLE counters DROP COLUMN network_failures;"
+                         "ALTER TABLE ops DROP COLUMN scheduled_at;"
+                         "ALTER TABLE ops DROP COLUMN network_failures;"
                          "DROP INDEX ops_errors;"
                          "ALTER TABLE counters DROP COLUMN pending_by_prio;"
                          "DROP INDEX ops_by_priority;"

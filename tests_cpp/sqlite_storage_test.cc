@@ -120,9 +120,57 @@ TEST(SqliteStorage, MigratesOlderSchemaForward) {
   sqlite3_stmt* st = nullptr;
   sqlite3_prepare_v2(db, "PRAGMA user_version", -1, &st, nullptr);
   ASSERT_EQ(sqlite3_step(st), SQLITE_ROW);
-  EXPECT_EQ(sqlite3_column_int(st, 0), 3);
+  EXPECT_EQ(sqlite3_column_int(st, 0), 4);
   sqlite3_finalize(st);
   sqlite3_close(db);
+}
+
+// Issue 13: a device whose clock was corrected backwards across a restart. Reopened
+// with the clock an hour earlier, a retry due in 5 s stayed due in 3,605 s. Becoming
+// the consumer clamps each due time to the op's own delay and each TTL to its ttl.
+TEST(SqliteStorage, ClockBackAcrossReopenClampsDueTimesAndTtls) {
+  const std::string path = Fresh("clock-back.db");
+  const double t0 = 1'000'000.0;
+  int64_t retried = 0, delayed = 0, ttl = 0, plain = 0;
+  {
+    auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, std::make_shared<VirtualClock>(t0));
+    retried = q->Enqueue(Op());
+    NewOp d = Op();
+    d.delay = 10;
+    delayed = q->Enqueue(d);
+    NewOp t = Op();
+    t.ttl = 30;
+    t.key = "t";
+    ttl = q->Enqueue(t);
+    NewOp p = Op();
+    p.key = "p";
+    plain = q->Enqueue(p);
+    ASSERT_EQ(q->Take(1).at(0).id, retried);
+    q->Retry(retried, 5, "503");
+  }
+  const double t1 = t0 - 3600;
+  auto clock = std::make_shared<VirtualClock>(t1);
+  auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, clock);
+  q->AcquireConsumer();
+  EXPECT_LE(q->Get(retried)->next_attempt_at, t1 + 5 + 1e-6);
+  EXPECT_GE(q->Get(retried)->next_attempt_at, t1 + 5 - 1e-6);
+  EXPECT_LE(q->Get(delayed)->next_attempt_at, t1 + 10 + 1e-6);
+  EXPECT_LE(*q->Get(ttl)->expires_at, t1 + 30 + 1e-6);
+  EXPECT_LE(q->Get(plain)->created_at, t1);
+  const auto next = q->NextReadyAt();
+  ASSERT_TRUE(next.has_value());
+  EXPECT_LE(*next, t1);  // the ttl and plain ops are ready now
+  const QueueStats s = q->Stats();
+  ASSERT_TRUE(s.oldest_pending_created_at.has_value());
+  EXPECT_LE(*s.oldest_pending_created_at, t1);
+  ASSERT_TRUE(s.next_due.has_value());
+  EXPECT_LE(*s.next_due, t1 + 10 + 1e-6);
+  clock->Advance(5);
+  std::vector<int64_t> ids;
+  for (const auto& op : q->Take(10)) ids.push_back(op.id);
+  EXPECT_EQ(ids.size(), 3u);  // retried (due), ttl, plain; the delayed op in 5 s more
+  clock->Advance(5);
+  EXPECT_EQ(q->Take(10).size(), 1u);
 }
 
 // Schema 3 keeps pending depth by priority in the counters row: a migrated file starts
@@ -186,6 +234,24 @@ TEST(SqliteStorage, OldestPendingAcrossPrioritiesSkipsLeasedAndDead) {
 }
 
 // Commits hand WAL checkpoints to the Checkpointer's thread, and the WAL stays bounded.
+// Issue 13: the observed HLC high-water mark lived in the consumer handle's memory.
+TEST(SqliteStorage, ObservedHlcReachesProducersAndReopens) {
+  const std::string path = Fresh("hlc.db");
+  auto clock = std::make_shared<VirtualClock>(1000.0);
+  auto consumer = SyncQueue::Open(path, SqliteOptions{}, Limits{}, clock);
+  auto producer = SyncQueue::Open(path, SqliteOptions{}, Limits{}, clock);
+  const uint64_t remote = HybridLogicalClock::Pack(9'000'000'000ULL, 3);
+  consumer->ObserveHlc(remote);
+  EXPECT_GT(consumer->Get(producer->Enqueue(Op()))->hlc, remote);
+  consumer->Close();
+  producer->Close();
+  auto reopened = SyncQueue::Open(path, SqliteOptions{}, Limits{}, clock);
+  const uint64_t later = reopened->Get(reopened->Enqueue(Op()))->hlc;
+  EXPECT_GT(later, remote);
+  reopened->ObserveHlc(remote - 5);  // lower: no change
+  EXPECT_GT(reopened->Get(reopened->Enqueue(Op()))->hlc, later);
+}
+
 TEST(SqliteCheckpointer, CheckpointsInTheBackgroundAndBoundsTheWal) {
   const std::string path = Fresh("ckpt.db");
   sqlite3* db = nullptr;

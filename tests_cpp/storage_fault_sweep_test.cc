@@ -166,6 +166,45 @@ INSTANTIATE_TEST_SUITE_P(Calls, StorageFaultSweep,
                                                               Kind::kFull)),
                          Name);
 
+// A full disk that clears by itself (issue 13: the queue's own WAL filled it, and one
+// TRUNCATE checkpoint frees it): SQLITE_FULL from any one write of a call, once. The
+// storage checkpoints, truncates the WAL and retries the call, which succeeds, whole.
+class DiskFullOnce : public ::testing::TestWithParam<size_t> {};
+
+TEST_P(DiskFullOnce, RetriedAfterFreeingTheWal) {
+  const Case& c = Cases()[GetParam()];
+  FaultVfs& vfs = testing::SweepVfs();
+  QueueSnapshot expected;
+  int64_t calls = 0;
+  {
+    testing::SweepQueue f(c.name, c.durability);
+    testing::Snapshot(f.path);
+    vfs.Count(testing::kIoWrite);
+    c.call(f);
+    calls = vfs.calls();
+    expected = testing::Snapshot(f.path, true);
+  }
+  ASSERT_GT(calls, 0);
+  for (int64_t n = 1; n <= calls; n += testing::SweepStride()) {
+    SCOPED_TRACE(c.name + " SQLITE_FULL once at write " + std::to_string(n));
+    testing::SweepQueue f(c.name, c.durability);
+    testing::Snapshot(f.path);
+    vfs.Arm(Fault{n, Fault::Mode::kTransient, testing::kIoWrite, SQLITE_FULL});
+    const Outcome out = Attempt([&] { c.call(f); });
+    const bool fired = vfs.failed() > 0;
+    vfs.Clear();
+    ASSERT_TRUE(fired);
+    ASSERT_TRUE(out.ok) << out.what;
+    ASSERT_EQ(testing::IntegrityCheck(f.path), "ok");
+    ASSERT_EQ(testing::Snapshot(f.path, true), expected);
+    f.CheckStillWorks();
+    if (::testing::Test::HasFatalFailure()) return;
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Calls, DiskFullOnce, ::testing::Range<size_t>(0, 10),
+                         [](const auto& info) { return Cases()[info.param].name; });
+
 // Opening a queue file of schema 1 migrates it to the current schema in one
 // transaction: under every fault the file is at one version or the other, whole,
 // and the next open (without the fault) migrates it.

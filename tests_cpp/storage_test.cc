@@ -177,6 +177,45 @@ TEST_P(QueueTest, InvalidInputChangesNothing) {
   EXPECT_EQ(q_->Count(), 0);
 }
 
+// Issue 13, "outages are not the op's fault": a network failure gives back the
+// attempt the lease counted and is counted apart, per op and in the stats.
+TEST_P(QueueTest, NetworkRetryIsNotAnAttempt) {
+  const int64_t a = Put("a", 50);
+  ASSERT_EQ(TakeIds(1), std::vector<int64_t>{a});
+  q_->Retry(a, 0, "connection refused", /*network=*/true);
+  EXPECT_EQ(q_->Get(a)->attempts, 0);
+  EXPECT_EQ(q_->Get(a)->network_failures, 1);
+  ASSERT_EQ(TakeIds(1), std::vector<int64_t>{a});
+  EXPECT_EQ(q_->Get(a)->attempts, 1);  // leased: counted until the outcome says otherwise
+  q_->Retry(a, 0, "503");              // an answer: the attempt stands
+  EXPECT_EQ(q_->Get(a)->attempts, 1);
+  EXPECT_EQ(q_->Get(a)->network_failures, 1);
+  ASSERT_EQ(TakeIds(1), std::vector<int64_t>{a});
+  q_->Retry(a, 0, "reset", true);
+  const Operation op = *q_->Get(a);
+  EXPECT_EQ(op.attempts, 1);
+  EXPECT_EQ(op.network_failures, 2);
+  EXPECT_EQ(q_->Stats().network_failures, 2);
+  ASSERT_EQ(q_->Take(1).at(0).network_failures, 2);  // taken ops carry it
+  q_->DeadLetter(a, "gave up");
+  EXPECT_EQ(q_->DeadLetters().at(0).network_failures, 2);
+  const int64_t again = q_->RequeueDead(std::nullopt).at(0);
+  EXPECT_EQ(q_->Get(again)->network_failures, 0);  // a fresh start, as attempts
+  EXPECT_EQ(q_->Stats().network_failures, 2);      // a lifetime total
+}
+
+// The HLC high-water mark is the storage's, not the handle's memory.
+TEST_P(QueueTest, ObservedHlcIsStoredForEveryLaterStamp) {
+  const uint64_t remote = HybridLogicalClock::Pack(50'000'000'000ULL, 9);
+  q_->ObserveHlc(remote);
+  EXPECT_GE(q_->hlc().Last(), remote);
+  const int64_t id = Put("a", 50);
+  EXPECT_GT(q_->Get(id)->hlc, remote);
+  EXPECT_THROW(q_->ObserveHlc(UINT64_MAX), SyncError);
+  const int64_t next = Put("a", 50);
+  EXPECT_GT(q_->Get(next)->hlc, q_->Get(id)->hlc);
+}
+
 INSTANTIATE_TEST_SUITE_P(Storages, QueueTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Sqlite" : "Memory"; });
 

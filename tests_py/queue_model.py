@@ -96,6 +96,7 @@ class ModelOp:
     expires_at: float | None  # None: never expires
     next_attempt_at: float
     attempts: int = 0
+    network_failures: int = 0  # retries with network=True: not attempts
     last_error: str | None = None
     state: str = PENDING
     ttl: float | None = None
@@ -114,6 +115,7 @@ class ModelOp:
             self.priority,
             self.state,
             self.attempts,
+            self.network_failures,
         )
 
 
@@ -127,6 +129,7 @@ def op_view(op: Any) -> tuple[Any, ...]:
         int(op.priority),
         op.state,
         op.attempts,
+        op.network_failures,
     )
 
 
@@ -336,6 +339,7 @@ class QueueModel:
             target.priority = max(target.priority, new.priority)
             target.idempotency_key = new.idempotency_key
             target.attempts = 0
+            target.network_failures = 0
             target.ttl = new.ttl
             target.expires_at = None if new.ttl is None else self.now + new.ttl
             target.next_attempt_at = self.now + new.delay
@@ -436,9 +440,14 @@ class QueueModel:
         self._require(op_id, IN_FLIGHT)
         del self._ops[op_id]
 
-    def retry(self, op_id: int, delay: float, error: str | None = None) -> None:
+    def retry(
+        self, op_id: int, delay: float, error: str | None = None, *, network: bool = False
+    ) -> None:
         d = _check_finite_nonneg("delay", delay)
         op = self._require(op_id, IN_FLIGHT)
+        if network:  # no server answered: not an attempt (issue 13)
+            op.attempts = max(0, op.attempts - 1)
+            op.network_failures += 1
         op.state = PENDING
         op.next_attempt_at = self.now + d
         op.next_attempt_known = True

@@ -122,6 +122,7 @@ def test_status_json(populated: Populated, capsys: pytest.CaptureFixture[str]) -
         "bytes",
         "oldest_pending_age",
         "next_due_in",
+        "network_failures",
         "by_priority",
         "consumer",
         "last_errors",
@@ -852,3 +853,41 @@ def test_export_into_a_closed_pipe(tmp_path: Path) -> None:
     proc.stderr.close()
     assert proc.wait(120) == 1
     assert b"Traceback" not in err and err == b"", err
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+def test_list_and_dead_letters_show_network_failures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Network failures (no server answered) are shown next to attempts, in the table
+    and in --json, for list and dead-letters."""
+    path = tmp_path / "q.db"
+    with cs.SyncQueue.open(path) as q:
+        live = q.enqueue("k", b"x", key="a")
+        dead = q.enqueue("k", b"y", key="b")
+        for _ in range(3):
+            for op in q.take(2):
+                q.retry(op.id, 0, error="connection refused", network=True)
+        for op in q.take(2):
+            if op.id == live:
+                q.retry(op.id, 0, error="HTTP 503")
+            else:
+                q.dead_letter(op.id, "gave up")
+    ops = {op["id"]: op for op in run_json(capsys, "list", str(path), "--json")}
+    assert (ops[live]["attempts"], ops[live]["network_failures"]) == (1, 3)
+    assert (ops[dead]["attempts"], ops[dead]["network_failures"]) == (1, 3)
+    [dl] = run_json(capsys, "dead-letters", str(path), "--json")
+    assert (dl["id"], dl["attempts"], dl["network_failures"]) == (dead, 1, 3)
+    assert run_json(capsys, "status", str(path), "--json")["network_failures"] == 6
+    code, out, _ = run(capsys, "status", str(path))
+    assert code == 0 and "Network failures" in out and "6 (not attempts)" in out, out
+    monkeypatch.setenv("COLUMNS", "200")
+    for argv in (("list", str(path)), ("dead-letters", str(path))):
+        code, out, _ = run(capsys, *argv)
+        assert code == 0 and "Net" in out and "Att" in out, out
+        header = next(line for line in out.splitlines() if "Att" in line).split()
+        assert header[header.index("Att") + 1] == "Net", header
+        row = next(line for line in out.splitlines() if "gave up" in line or "503" in line)
+        assert re.search(r"\b1\s+3\b", row), row  # attempts 1, network failures 3

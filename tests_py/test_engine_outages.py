@@ -254,3 +254,23 @@ def test_a_server_that_keeps_reporting_a_conflict_is_backed_off_then_named() -> 
     assert dead.last_error == (
         "gave up after 4 attempts: the server kept reporting a conflict (version 7)"
     )
+
+
+def test_the_op_keeps_its_network_failures_apart_from_its_attempts(tmp_path: Path) -> None:
+    clock = cs.VirtualClock(1_000.0)
+    outcomes: list[BaseException] = [ConnectionRefusedError("refused"), cs.TransientError("503")]
+
+    def transport(op: cs.Operation) -> None:
+        raise outcomes.pop(0)
+
+    engine, q = _engine(tmp_path / "q.db", transport, clock=clock, max_attempts=5)
+    op = q.enqueue("set", {"v": 1}, key="a")
+    engine.process_once()
+    got = q.get(op)
+    assert got is not None and (got.attempts, got.network_failures) == (0, 1)
+    clock.advance(3600)
+    engine.process_once()
+    got = q.get(op)
+    assert got is not None and (got.attempts, got.network_failures) == (1, 1)
+    assert q.stats()["network_failures"] == 1
+    q.close()

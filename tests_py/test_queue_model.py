@@ -378,16 +378,25 @@ class QueueMachine(RuleBasedStateMachine):
         error=ERRORS,
         reason=st.sampled_from(["bad request", "manual"]),
         dead=st.sampled_from([False, False, False, False, True]),
+        network=st.booleans(),
     )
     def fail(
-        self, data: st.DataObject, delay: float, error: str | None, reason: str, dead: bool
+        self,
+        data: st.DataObject,
+        delay: float,
+        error: str | None,
+        reason: str,
+        dead: bool,
+        network: bool,
     ) -> None:
         if dead:
             self.dead_letter(data, reason)
         else:
-            self.retry(data, delay, error)
+            self.retry(data, delay, error, network)
 
-    def retry(self, data: st.DataObject, delay: float, error: str | None) -> None:
+    def retry(
+        self, data: st.DataObject, delay: float, error: str | None, network: bool = False
+    ) -> None:
         assert self.model is not None
         if not (math.isfinite(delay) and delay >= 0):
             in_flight = self.model.ids(IN_FLIGHT)
@@ -397,9 +406,9 @@ class QueueMachine(RuleBasedStateMachine):
         else:
             op_id = self._pick_id(data, IN_FLIGHT)
         self.run(
-            f"retry({op_id}, {delay}, {error!r})",
-            lambda m: m.retry(op_id, delay, error=error),
-            lambda q: q.retry(op_id, delay, error=error),
+            f"retry({op_id}, {delay}, {error!r}, network={network})",
+            lambda m: m.retry(op_id, delay, error=error, network=network),
+            lambda q: q.retry(op_id, delay, error=error, network=network),
         )
 
     def dead_letter(self, data: st.DataObject, reason: str) -> None:

@@ -36,6 +36,9 @@ std::string PayloadBytes(py::handle obj);
 long long StrictInt(py::handle obj, const char* name);
 // A real number (int or float, not bool) as double; TypeError otherwise.
 double StrictSeconds(py::handle obj, const char* name);
+// An HLC timestamp: an int (not bool; TypeError otherwise) in [0, 2**64) whose
+// physical part is within HybridLogicalClock's range; InvalidArgumentError otherwise.
+uint64_t HlcStampArg(py::handle obj, const char* name);
 
 // A cs.BackoffStrategy (built-in or Python subclass) as is, or a plain callable
 // fn(n) -> float wrapped as a CallableBackoff; TypeError otherwise. Needs the GIL.

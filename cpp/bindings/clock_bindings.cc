@@ -55,8 +55,14 @@ wall clock jumps backwards. Queues stamp every operation with one (op.hlc).)doc"
            py::arg("clock") = nullptr, py::arg("last") = 0,
            "A clock reading `clock` (SystemClock by default) whose stamps start after `last`.")
       .def("now", &HybridLogicalClock::Now, "A new timestamp for a local event.")
-      .def("observe", &HybridLogicalClock::Observe, py::arg("remote"),
-           "Merge a remote timestamp: later now() results are after it.")
+      .def(
+          "observe",
+          [](HybridLogicalClock& c, py::handle remote) {
+            c.Observe(HlcStampArg(remote, "remote"));
+          },
+          py::arg("remote"),
+          "Merge a remote timestamp: later now() results are after it. InvalidArgumentError "
+          "for a stamp outside [0, 2**64) or after year 9999 (it would leave no room above).")
       .def_property_readonly("last", &HybridLogicalClock::Last,
                              "The latest timestamp issued or observed.")
       .def_static("physical_ms", &HybridLogicalClock::PhysicalMs, py::arg("hlc"),

@@ -131,11 +131,14 @@ py::dict StatsDict(SyncQueue& q) {
   py::dict by_priority;
   for (auto& [p, n] : s.by_priority) by_priority[py::int_(p)] = n;
   d["by_priority"] = by_priority;
-  d["oldest_pending_age"] = s.oldest_pending_created_at
-                                ? py::object(py::float_(now - *s.oldest_pending_created_at))
-                                : py::object(py::none());
+  // Never negative, even when the wall clock went back since the op was stored.
+  d["oldest_pending_age"] =
+      s.oldest_pending_created_at
+          ? py::object(py::float_(std::max(0.0, now - *s.oldest_pending_created_at)))
+          : py::object(py::none());
   d["next_due_in"] = s.next_due ? py::object(py::float_(std::max(0.0, *s.next_due - now)))
                                 : py::object(py::none());
+  d["network_failures"] = s.network_failures;
   return d;
 }
 
@@ -155,12 +158,23 @@ QueuePtr ReleasingGilOnDestroy(QueuePtr queue) {
 
 }  // namespace
 
+uint64_t HlcStampArg(py::handle obj, const char* name) {
+  StrictInt(obj, name);  // TypeError for non-ints and bools
+  const unsigned long long v = PyLong_AsUnsignedLongLong(obj.ptr());
+  if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) {
+    PyErr_Clear();
+    ThrowInvalid(std::string(name) + " must be an int in [0, 2**64)");
+  }
+  HybridLogicalClock::Validate(v, name);
+  return static_cast<uint64_t>(v);
+}
+
 void InitQueue(py::module_& m) {
   py::class_<Operation>(m, "Operation", R"doc(
 One queued operation, as a snapshot (it does not change when the queue does).
 Attributes: id, kind, key, payload (bytes), priority, idempotency_key, hlc,
-created_at, attempts, next_attempt_at, last_error, state ("pending", "in_flight"
-or "dead"), expires_at, base_version.)doc")
+created_at, attempts, network_failures, next_attempt_at, last_error, state
+("pending", "in_flight" or "dead"), expires_at, base_version.)doc")
       .def_readonly("id", &Operation::id, "Queue-assigned id, increasing in enqueue order.")
       .def_readonly("kind", &Operation::kind, "What the operation does, e.g. 'set_currency'.")
       .def_readonly("key", &Operation::key, "The entity it applies to (ordering lane), or None.")
@@ -173,7 +187,12 @@ or "dead"), expires_at, base_version.)doc")
       .def_readonly("hlc", &Operation::hlc,
                     "Hybrid logical timestamp: ms in the high 48 bits, counter in the low 16.")
       .def_readonly("created_at", &Operation::created_at, "Enqueue time on the queue's clock.")
-      .def_readonly("attempts", &Operation::attempts, "Times it has been taken for delivery.")
+      .def_readonly("attempts", &Operation::attempts,
+                    "Delivery attempts that count toward max_attempts: times it was taken, "
+                    "less the network failures.")
+      .def_readonly("network_failures", &Operation::network_failures,
+                    "Deliveries where no server answered (retry(..., network=True)); they do "
+                    "not count as attempts.")
       .def_readonly("next_attempt_at", &Operation::next_attempt_at,
                     "Not deliverable before this time (queue clock).")
       .def_readonly("last_error", &Operation::last_error,
@@ -205,6 +224,7 @@ or "dead"), expires_at, base_version.)doc")
             d["hlc"] = op.hlc;
             d["created_at"] = op.created_at;
             d["attempts"] = op.attempts;
+            d["network_failures"] = op.network_failures;
             d["next_attempt_at"] = op.next_attempt_at;
             d["last_error"] = op.last_error;
             d["state"] = std::string(OpStateName(op.state));
@@ -217,7 +237,8 @@ or "dead"), expires_at, base_version.)doc")
         return "Operation(id=" + std::to_string(op.id) + ", kind='" + op.kind +
                "', key=" + (op.key ? "'" + *op.key + "'" : std::string("None")) +
                ", priority=" + std::to_string(op.priority) + ", state='" + OpStateName(op.state) +
-               "', attempts=" + std::to_string(op.attempts) + ")";
+               "', attempts=" + std::to_string(op.attempts) +
+               ", network_failures=" + std::to_string(op.network_failures) + ")";
       });
 
   py::class_<SyncQueue, QueuePtr>(m, "SyncQueue", R"doc(
@@ -308,13 +329,17 @@ expires into the dead letters. delay: seconds before it may be delivered.)doc")
           py::arg("op_id"), "Delivered: remove the in-flight operation.")
       .def(
           "retry",
-          [](SyncQueue& q, int64_t id, py::handle delay, std::optional<std::string> error) {
+          [](SyncQueue& q, int64_t id, py::handle delay, std::optional<std::string> error,
+             bool network) {
             const double d = StrictSeconds(delay, "delay");
             MaybeRelease release(q);
-            q.Retry(id, d, error);
+            q.Retry(id, d, error, network);
           },
-          py::arg("op_id"), py::arg("delay") = 0.0, py::arg("error") = py::none(),
-          "Failed for now: the in-flight op is pending again, due after `delay` seconds.")
+          py::arg("op_id"), py::arg("delay") = 0.0, py::arg("error") = py::none(), py::kw_only(),
+          py::arg("network") = false,
+          "Failed for now: the in-flight op is pending again, due after `delay` seconds. "
+          "network=True: no server answered (refused, reset, DNS, timeout before a response); "
+          "the failure counts in op.network_failures instead of op.attempts.")
       .def(
           "dead_letter",
           [](SyncQueue& q, int64_t id, const std::string& reason) {
@@ -405,10 +430,17 @@ expires into the dead letters. delay: seconds before it may be delivered.)doc")
           },
           "Close the queue; in-flight ops become pending again. Idempotent.")
       .def(
-          "observe_hlc", [](SyncQueue& q, uint64_t remote) { q.hlc().Observe(remote); },
+          "observe_hlc",
+          [](SyncQueue& q, py::handle remote) {
+            const uint64_t stamp = HlcStampArg(remote, "remote");
+            MaybeRelease release(q);
+            q.ObserveHlc(stamp);
+          },
           py::arg("remote"),
           "Merge a remote HLC timestamp (say, a server's version stamp): operations enqueued "
-          "later get larger stamps.")
+          "later, by any handle on the same file and after a reopen, get larger stamps (the "
+          "high-water mark is stored in the file). InvalidArgumentError for a stamp outside "
+          "[0, 2**64) or after year 9999.")
       .def_property_readonly(
           "last_hlc", [](SyncQueue& q) { return q.hlc().Last(); },
           "The latest HLC stamp this handle issued or observed.")

@@ -1,5 +1,6 @@
 #include "cpcsync/memory_storage.h"
 
+#include <algorithm>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -94,9 +95,14 @@ class MemoryStorage final : public QueueStorage {
   }
 
   void Retry(int64_t id, double next_attempt_at, const std::optional<std::string>& error,
-             double now) override {
+             double now, bool network) override {
     std::lock_guard lock(mu_);
     Slot& op = RequireState(id, OpState::kInFlight, "retry");
+    if (network) {  // not an attempt: give back the one Take counted
+      op.attempts = std::max(0, op.attempts - 1);
+      op.network_failures += 1;
+      network_failures_ += 1;
+    }
     op.state = OpState::kPending;
     op.next_attempt_at = next_attempt_at;
     op.last_error = error;
@@ -188,6 +194,7 @@ class MemoryStorage final : public QueueStorage {
       op.id = next_id_++;
       op.state = OpState::kPending;
       op.attempts = 0;
+      op.network_failures = 0;
       op.last_error.reset();
       op.created_at = now;
       op.next_attempt_at = now;
@@ -243,6 +250,7 @@ class MemoryStorage final : public QueueStorage {
       }
     }
     if (!waiting_.empty()) s.next_due = waiting_.begin()->first;
+    s.network_failures = network_failures_;
     return s;
   }
 
@@ -256,6 +264,11 @@ class MemoryStorage final : public QueueStorage {
   uint64_t MaxHlc() override {
     std::lock_guard lock(mu_);
     return max_hlc_;
+  }
+
+  void ObserveHlc(uint64_t remote) override {
+    std::lock_guard lock(mu_);
+    max_hlc_ = std::max(max_hlc_, remote);
   }
 
   void Close() override {}
@@ -410,6 +423,7 @@ class MemoryStorage final : public QueueStorage {
       t->priority = std::max(t->priority, s.op.priority);
       t->idempotency_key = s.idempotency_key;
       t->attempts = 0;
+      t->network_failures = 0;
       t->last_error.reset();
       t->first_attempt_at.reset();
       t->next_attempt_at = s.now + s.op.delay;
@@ -595,6 +609,7 @@ class MemoryStorage final : public QueueStorage {
   std::set<int64_t> in_flight_;  // ids of leased ops
   int64_t live_bytes_ = 0;
   uint64_t max_hlc_ = 0;
+  int64_t network_failures_ = 0;  // recorded over the storage's lifetime
 };
 
 }  // namespace

@@ -1,8 +1,11 @@
 #include "cpcsync/sqlite_storage.h"
 
 #include <pthread.h>
+#include <sys/statvfs.h>
 
+#include <algorithm>
 #include <atomic>
+#include <bit>
 #include <charconv>
 #include <chrono>
 #include <condition_variable>
@@ -12,6 +15,7 @@
 #include <mutex>
 #include <set>
 #include <string_view>
+#include <utility>
 
 #include "cpcsync/errors.h"
 #include "cpcsync/log.h"
@@ -75,9 +79,36 @@ class ForkGuard {
 // WAL frames after which a handle at "full" checkpoints inline (SQLite default: 1,000).
 constexpr int kFullAutoCheckpointFrames = 4000;
 
+// The WAL's bound (issue 13: on a 2 MiB disk a WAL grown towards the fixed thresholds
+// filled it, and every write failed until a manual checkpoint). The inline checkpoint
+// threshold, and journal_size_limit (the size a restarted WAL is truncated back to),
+// are a quarter of the free space on the file's filesystem, rounded down to a power of
+// two frames, between kMinWalFrames and the fixed thresholds above; re-read every
+// kWalBudgetEvery commits (one statvfs).
+constexpr int64_t kWalShareOfFree = 4;
+constexpr int kMinWalFrames = 32;
+constexpr int kWalBudgetEvery = 16;
+// On SQLITE_FULL, the TRUNCATE checkpoint waits at most this long for readers (of any
+// process) to leave the WAL, then frees what it can.
+constexpr int kFullDiskCheckpointWaitMs = 1000;
+
+bool IsDiskFull(const SyncError& e) { return (e.sqlite_code() & 0xFF) == SQLITE_FULL; }
+
+bool IsDiskFull(const std::exception_ptr& e) {
+  if (!e) return false;
+  try {
+    std::rethrow_exception(e);
+  } catch (const SyncError& s) {
+    return IsDiskFull(s);
+  } catch (...) {
+    return false;
+  }
+}
+
 constexpr const char* kOpColumns =
     "id, kind, key, payload, priority, idempotency_key, hlc, created_at, attempts, "
-    "next_attempt_at, last_error, state, expires_at, first_attempt_at, base_version";
+    "next_attempt_at, last_error, state, expires_at, first_attempt_at, base_version, "
+    "network_failures";
 
 Operation ReadOp(const Stmt& s) {
   Operation op;
@@ -96,6 +127,7 @@ Operation ReadOp(const Stmt& s) {
   op.expires_at = s.OptReal(12);
   op.first_attempt_at = s.OptReal(13);
   op.base_version = s.OptInt(14);
+  op.network_failures = static_cast<int>(s.Int(15));
   return op;
 }
 
@@ -107,6 +139,8 @@ struct Counters {
   int64_t live_ops = 0, live_bytes = 0, dead_ops = 0;
   uint64_t max_hlc = 0;
   std::map<int, int64_t> pending_by_prio;  // priority -> pending ops (no zero entries)
+  int64_t network_failures = 0;            // over the file's lifetime (schema 4)
+  double wall_high = 0;                    // the latest `now` a write stored in an op (schema 4)
   bool operator==(const Counters&) const = default;
 
   void AddPending(int priority, int64_t n) {
@@ -159,11 +193,11 @@ struct Statements {
         release(db, "RELEASE batch_item"),
         rollback_to(db, "ROLLBACK TO batch_item"),
         read_counters(db,
-                      "SELECT live_ops, live_bytes, dead_ops, max_hlc, pending_by_prio "
-                      "FROM counters"),
+                      "SELECT live_ops, live_bytes, dead_ops, max_hlc, pending_by_prio, "
+                      "network_failures, wall_high FROM counters"),
         write_counters(db,
                        "UPDATE counters SET live_ops=?1, live_bytes=?2, dead_ops=?3, max_hlc=?4, "
-                       "pending_by_prio=?5"),
+                       "pending_by_prio=?5, network_failures=?6, wall_high=?7"),
         insert(db,
                "INSERT INTO ops(kind, key, payload, size, priority, idempotency_key, hlc, "
                "created_at, attempts, next_attempt_at, last_error, state, expires_at, "
@@ -199,8 +233,9 @@ struct Statements {
         waiting_set(db, "UPDATE waiting SET prio=?2 WHERE op_id=?1"),
         coalesce(db,
                  "UPDATE ops SET payload=?2, size=?3, hlc=?4, priority=max(priority, ?5), "
-                 "idempotency_key=?6, attempts=0, last_error=NULL, first_attempt_at=NULL, "
-                 "next_attempt_at=?7, expires_at=?8 WHERE id=?1"),
+                 "idempotency_key=?6, attempts=0, network_failures=0, last_error=NULL, "
+                 "first_attempt_at=NULL, next_attempt_at=?7, expires_at=?8, scheduled_at=?9 "
+                 "WHERE id=?1"),
         victim(db, "SELECT id FROM ops WHERE state=0 ORDER BY priority, id DESC LIMIT 1"),
         expired(db,
                 "SELECT id FROM ops WHERE state=0 AND expires_at<=?1 ORDER BY expires_at "
@@ -211,7 +246,10 @@ struct Statements {
         lease(db, Sql("UPDATE ops SET state=1, attempts=attempts+1, "
                       "first_attempt_at=coalesce(first_attempt_at, ?2) WHERE id=?1 RETURNING ")),
         ack(db, "DELETE FROM ops WHERE id=?1"),
-        retry(db, "UPDATE ops SET state=0, next_attempt_at=?2, last_error=?3 WHERE id=?1"),
+        // ?4 = 1 for a network failure: not an attempt (the lease counted one).
+        retry(db,
+              "UPDATE ops SET state=0, next_attempt_at=?2, last_error=?3, scheduled_at=?5, "
+              "attempts=max(0, attempts-?4), network_failures=network_failures+?4 WHERE id=?1"),
         bury(db, "UPDATE ops SET state=2, last_error=?2, dead_at=?3 WHERE id=?1"),
         base_version(db, "UPDATE ops SET base_version=?2 WHERE id=?1"),
         replace_payload(db, "UPDATE ops SET payload=?2, size=?3 WHERE id=?1"),
@@ -243,7 +281,20 @@ struct Statements {
                    "ORDER BY r.prio DESC, r.op_id"),
         waiting_scan(db,
                      "SELECT w.op_id, w.prio, o.key FROM waiting w JOIN ops o ON o.id=w.op_id "
-                     "ORDER BY w.prio DESC, w.op_id") {}
+                     "ORDER BY w.prio DESC, w.op_id"),
+        // After the wall clock went back (now ?1 < wall_high): a due time no further
+        // ahead than the op's own delay, a TTL deadline no further than its ttl, and no
+        // creation time in the future. Scans the live ops, only then.
+        clamp_due(db,
+                  "UPDATE ops SET next_attempt_at=?1+max(0, next_attempt_at-coalesce(scheduled_at, "
+                  "created_at)), scheduled_at=?1 WHERE state<2 AND coalesce(scheduled_at, "
+                  "created_at)>?1"),
+        clamp_created(db,
+                      "UPDATE ops SET expires_at=expires_at-(created_at-?1), created_at=?1 "
+                      "WHERE state<2 AND created_at>?1"),
+        clamp_waiting(db,
+                      "UPDATE waiting SET due=(SELECT next_attempt_at FROM ops WHERE "
+                      "ops.id=waiting.op_id) WHERE due>?1") {}
 
   Stmt begin, begin_immediate, commit, rollback, savepoint, release, rollback_to;
   Stmt read_counters, write_counters;
@@ -253,7 +304,7 @@ struct Statements {
   Stmt coalesce, victim, expired, promote, promoted, pick, lease, ack, retry, bury;
   Stmt base_version, replace_payload, dead_list, dead_ids, requeue, purge, in_flight, unlease;
   Stmt count_in_flight, count_pending_by_prio, oldest, any_ready, first_due, ready_scan,
-      waiting_scan;
+      waiting_scan, clamp_due, clamp_created, clamp_waiting;
 };
 
 class SqliteStorage final : public QueueStorage {
@@ -318,6 +369,10 @@ class SqliteStorage final : public QueueStorage {
 
   std::vector<Operation> Take(size_t n, double now) override {
     std::lock_guard lock(db_mu_);
+    return WithSpaceRetry([&] { return TakeLocked(n, now); });
+  }
+
+  std::vector<Operation> TakeLocked(size_t n, double now) {
     Txn txn(*this, Durability::kNormal);
     while (true) {
       std::vector<int64_t> expired;
@@ -355,41 +410,60 @@ class SqliteStorage final : public QueueStorage {
 
   void Ack(int64_t id, double now) override {
     std::lock_guard lock(db_mu_);
-    Txn txn(*this, Durability::kNormal);
-    Brief b = RequireState(id, OpState::kInFlight, "ack");
-    Use(st().ack)->Bind(1, id).Run();
-    counters_.live_ops -= 1;
-    counters_.live_bytes -= b.size;
-    if (b.key) AdvanceLane(*b.key, now);
-    txn.Commit();
+    WithSpaceRetry([&] {
+      Txn txn(*this, Durability::kNormal);
+      Brief b = RequireState(id, OpState::kInFlight, "ack");
+      Use(st().ack)->Bind(1, id).Run();
+      counters_.live_ops -= 1;
+      counters_.live_bytes -= b.size;
+      if (b.key) AdvanceLane(*b.key, now);
+      txn.Commit();
+    });
   }
 
   void Retry(int64_t id, double next_attempt_at, const std::optional<std::string>& error,
-             double now) override {
+             double now, bool network) override {
     std::lock_guard lock(db_mu_);
-    Txn txn(*this, Durability::kNormal);
-    Brief b = RequireState(id, OpState::kInFlight, "retry");
-    Use(st().retry)->Bind(1, id).Bind(2, next_attempt_at).Bind(3, error).Run();
-    counters_.AddPending(b.priority, 1);
-    Schedule(id, b.key, b.priority, next_attempt_at, now);
-    txn.Commit();
+    WithSpaceRetry([&] {
+      Txn txn(*this, Durability::kNormal);
+      Brief b = RequireState(id, OpState::kInFlight, "retry");
+      Use(st().retry)
+          ->Bind(1, id)
+          .Bind(2, next_attempt_at)
+          .Bind(3, error)
+          .Bind(4, network ? 1 : 0)
+          .Bind(5, now)
+          .Run();
+      counters_.AddPending(b.priority, 1);
+      if (network) counters_.network_failures += 1;
+      counters_.wall_high = std::max(counters_.wall_high, now);
+      Schedule(id, b.key, b.priority, next_attempt_at, now);
+      txn.Commit();
+    });
   }
 
   void DeadLetter(int64_t id, const std::string& reason, double now) override {
     std::lock_guard lock(db_mu_);
-    Txn txn(*this, Durability::kNormal);
-    auto b = GetBrief(id);
-    if (!b || b->state == OpState::kDead) {
-      throw SyncError(ErrorCode::kOperationState, "dead_letter: operation " + std::to_string(id) +
-                                                      " is not pending or in flight");
-    }
-    DeadLetterLocked(id, reason, now);
-    txn.Commit();
+    WithSpaceRetry([&] {
+      Txn txn(*this, Durability::kNormal);
+      auto b = GetBrief(id);
+      if (!b || b->state == OpState::kDead) {
+        throw SyncError(ErrorCode::kOperationState, "dead_letter: operation " + std::to_string(id) +
+                                                        " is not pending or in flight");
+      }
+      DeadLetterLocked(id, reason, now);
+      txn.Commit();
+    });
   }
 
   void SetBaseVersion(int64_t id, std::optional<int64_t> version,
                       const std::optional<std::string>& payload) override {
     std::lock_guard lock(db_mu_);
+    WithSpaceRetry([&] { SetBaseVersionLocked(id, version, payload); });
+  }
+
+  void SetBaseVersionLocked(int64_t id, std::optional<int64_t> version,
+                            const std::optional<std::string>& payload) {
     Txn txn(*this, Durability::kNormal);
     Brief b = RequireState(id, OpState::kInFlight, "set_base_version");
     Use(st().base_version)->Bind(1, id).Bind(2, version).Run();
@@ -428,7 +502,13 @@ class SqliteStorage final : public QueueStorage {
   std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids,
                                    const Limits& limits, double now) override {
     std::lock_guard lock(db_mu_);
+    return WithSpaceRetry([&] { return RequeueDeadLocked(ids, limits, now); });
+  }
+
+  std::vector<int64_t> RequeueDeadLocked(const std::optional<std::vector<int64_t>>& ids,
+                                         const Limits& limits, double now) {
     Txn txn(*this, Durability::kNormal);
+    counters_.wall_high = std::max(counters_.wall_high, now);
     std::vector<int64_t> chosen;
     if (ids) {
       for (int64_t id : *ids) {
@@ -464,20 +544,24 @@ class SqliteStorage final : public QueueStorage {
 
   int64_t PurgeDead() override {
     std::lock_guard lock(db_mu_);
-    Txn txn(*this, Durability::kNormal);
-    Use(st().purge)->Run();
-    const int64_t n = db_.Changes();
-    counters_.dead_ops -= n;
-    txn.Commit();
-    return n;
+    return WithSpaceRetry([&] {
+      Txn txn(*this, Durability::kNormal);
+      Use(st().purge)->Run();
+      const int64_t n = db_.Changes();
+      counters_.dead_ops -= n;
+      txn.Commit();
+      return n;
+    });
   }
 
   int64_t ResetInFlight(double now) override {
     std::lock_guard lock(db_mu_);
-    Txn txn(*this, Durability::kNormal);
-    const int64_t n = ResetInFlightLocked(now);
-    txn.Commit();
-    return n;
+    return WithSpaceRetry([&] {
+      Txn txn(*this, Durability::kNormal);
+      const int64_t n = ResetInFlightLocked(now);
+      txn.Commit();
+      return n;
+    });
   }
 
   int64_t Count() override {
@@ -519,6 +603,7 @@ class SqliteStorage final : public QueueStorage {
       Use q(st().first_due);
       if (q->Step()) s.next_due = q->OptReal(0);
     }
+    s.network_failures = c.network_failures;
     return s;
   }
 
@@ -539,16 +624,41 @@ class SqliteStorage final : public QueueStorage {
     return ReadCountersNow().max_hlc;
   }
 
+  void ObserveHlc(uint64_t remote) override {
+    RequireWritable("observe_hlc");
+    std::lock_guard lock(db_mu_);
+    if (ReadCountersNow().max_hlc >= remote) return;  // the usual case: no write
+    WithSpaceRetry([&] {
+      // At NORMAL, like the consumer's writes: WAL frames survive a power cut only as a
+      // prefix, so a mark lost with the last unsynced frames takes with it what came
+      // after it (the ack or retry of the conflicting op, which is then delivered
+      // again and observed again); and the next enqueue at "full" syncs it.
+      Txn txn(*this, Durability::kNormal);
+      counters_.max_hlc = std::max(counters_.max_hlc, remote);
+      txn.Commit();
+    });
+  }
+
   void AcquireConsumer(double now, const std::function<void()>& wake) override {
     std::lock_guard lock(db_mu_);
     if (consumer_) return;
     RequireWritable("consume");
     auto lock_holder = std::make_unique<sqlite::ConsumerLock>(notify_name_, wake);
-    Txn txn(*this, Durability::kNormal);
-    const int64_t n = ResetInFlightLocked(now);
-    txn.Commit();
+    const auto [n, clamped] = WithSpaceRetry([&] {
+      Txn txn(*this, Durability::kNormal);
+      const int64_t reset = ResetInFlightLocked(now);
+      const int64_t moved = ClampToClockLocked(now);
+      txn.Commit();
+      return std::pair{reset, moved};
+    });
     if (n > 0)
       Log().info("queue '{}': {} in-flight ops of a previous consumer are pending again", path_, n);
+    if (clamped > 0) {
+      Log().warn(
+          "queue '{}': the wall clock is behind the latest time stored; {} ops' due times, "
+          "TTL deadlines or creation times were moved back to match it",
+          path_, clamped);
+    }
     consumer_ = std::move(lock_holder);
     is_consumer_.store(true);
   }
@@ -692,11 +802,13 @@ class SqliteStorage final : public QueueStorage {
             .Bind(3, s_.counters_.dead_ops)
             .Bind(4, static_cast<int64_t>(s_.counters_.max_hlc))
             .BindText(5, EncodeByPrio(s_.counters_.pending_by_prio))
+            .Bind(6, s_.counters_.network_failures)
+            .Bind(7, s_.counters_.wall_high)
             .Run();
       }
       Use(s_.st().commit)->Run();
       done_ = true;
-      if (s_.checkpointer_) s_.checkpointer_->AfterCommit(s_.db_.get());
+      s_.AfterCommit();
     }
     ~Txn() {
       if (!done_) sqlite3_exec(s_.db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
@@ -848,6 +960,11 @@ class SqliteStorage final : public QueueStorage {
       // once (take+ack at 10,000,000 pending: 1.34x of 10,000 -> 1.22x).
       sqlite3_wal_autocheckpoint(db_.get(), kFullAutoCheckpointFrames);
     }
+    {
+      Stmt q(db_.get(), "PRAGMA page_size");
+      if (q.Step()) page_size_ = q.Int(0);
+    }
+    RefreshWalBudget();
   }
 
   void Configure() {
@@ -894,8 +1011,9 @@ class SqliteStorage final : public QueueStorage {
   Counters ReadCountersNow() {
     Use s(st().read_counters);
     if (!s->Step()) throw SyncError(ErrorCode::kCorrupt, "queue file has no counters row");
-    return Counters{s->Int(0), s->Int(1), s->Int(2), static_cast<uint64_t>(s->Int(3)),
-                    DecodeByPrio(s->Text(4))};
+    return Counters{
+        s->Int(0), s->Int(1), s->Int(2), static_cast<uint64_t>(s->Int(3)), DecodeByPrio(s->Text(4)),
+        s->Int(5), s->Real(6)};
   }
 
   // Group commit: a new leader waits, up to a quarter of a commit's time, for the writers
@@ -913,6 +1031,20 @@ class SqliteStorage final : public QueueStorage {
 
   void CommitBatch(const std::vector<Request*>& batch) {
     std::lock_guard lock(db_mu_);
+    CommitBatchLocked(batch);
+    // The requests the disk being full failed (their ops are not stored, whether or
+    // not the others committed): free the WAL and try them once more.
+    std::vector<Request*> again;
+    for (Request* r : batch) {
+      if (IsDiskFull(r->error)) again.push_back(r);
+    }
+    if (again.empty()) return;
+    FreeWalSpace();
+    for (Request* r : again) r->error = nullptr;
+    CommitBatchLocked(again);
+  }
+
+  void CommitBatchLocked(const std::vector<Request*>& batch) {
     try {
       Txn txn(*this, options_.durability);
       for (Request* r : batch) {
@@ -946,6 +1078,7 @@ class SqliteStorage final : public QueueStorage {
     std::vector<int64_t> ids;
     ids.reserve(ops.size());
     for (StampedOp& s : ops) {
+      counters_.wall_high = std::max(counters_.wall_high, s.now);
       // Stamps follow commit order, also across processes sharing the file.
       s.hlc = std::max(s.hlc, counters_.max_hlc + 1);
       counters_.max_hlc = s.hlc;
@@ -1018,6 +1151,7 @@ class SqliteStorage final : public QueueStorage {
             .BindText(6, s.idempotency_key)
             .Bind(7, next_at)
             .Bind(8, expires)
+            .Bind(9, s.now)
             .Run();
         counters_.live_bytes += size - old_size;
         if (op.priority > old_prio) {  // the stored priority became max(old, new)
@@ -1165,6 +1299,85 @@ class SqliteStorage final : public QueueStorage {
     }
   }
 
+  // After a commit: keeps the WAL bounded (see kWalShareOfFree).
+  void AfterCommit() {
+    if (++commits_since_budget_ >= kWalBudgetEvery) RefreshWalBudget();
+    if (checkpointer_) checkpointer_->AfterCommit(db_.get());
+  }
+
+  void RefreshWalBudget() {
+    commits_since_budget_ = 0;
+    struct statvfs fs {};
+    if (::statvfs(path_.c_str(), &fs) != 0) return;  // keep the bound we have
+    const int64_t free_bytes = static_cast<int64_t>(fs.f_bavail) * fs.f_frsize;
+    const int64_t frame = page_size_ + 24;  // a WAL frame: its header and one page
+    const int64_t most =
+        checkpointer_ ? sqlite::Checkpointer::kInlineFrames : kFullAutoCheckpointFrames;
+    const int64_t frames = std::clamp<int64_t>(
+        std::bit_floor(static_cast<uint64_t>(free_bytes / kWalShareOfFree / frame)), kMinWalFrames,
+        most);
+    if (frames == wal_frames_) return;
+    wal_frames_ = frames;
+    if (checkpointer_) {
+      checkpointer_->SetInlineFrames(static_cast<int>(frames));
+    } else {
+      sqlite3_wal_autocheckpoint(db_.get(), static_cast<int>(frames));
+    }
+    const int64_t limit = frames * frame;
+    try {  // no I/O; and a commit that already happened must not report a failure
+      db_.Exec(("PRAGMA journal_size_limit = " + std::to_string(limit)).c_str());
+    } catch (const SyncError& e) {
+      Log().warn("queue '{}': cannot set the WAL size limit: {}", path_, e.what());
+    }
+  }
+
+  // SQLITE_FULL: if the queue's own WAL filled the disk, a TRUNCATE checkpoint (all
+  // frames copied into the database, the WAL file cut to 0 bytes) frees it.
+  void FreeWalSpace() {
+    if (!sqlite3_get_autocommit(db_.get())) {
+      sqlite3_exec(db_.get(), "ROLLBACK", nullptr, nullptr, nullptr);
+    }
+    sqlite3_busy_timeout(db_.get(), std::min(options_.busy_timeout_ms, kFullDiskCheckpointWaitMs));
+    int log = -1, copied = -1;
+    const int rc =
+        sqlite3_wal_checkpoint_v2(db_.get(), nullptr, SQLITE_CHECKPOINT_TRUNCATE, &log, &copied);
+    sqlite3_busy_timeout(db_.get(), options_.busy_timeout_ms);
+    Log().warn(
+        "queue '{}': disk full; WAL checkpoint (truncate): {} ({} of {} frames copied); "
+        "retrying once",
+        path_, sqlite3_errstr(rc), copied, log);
+    RefreshWalBudget();
+  }
+
+  // Run a write (a whole transaction, which rolls back if it throws); if it failed on a
+  // full disk, free the WAL and run it once more. A second failure is reported.
+  template <class F>
+  auto WithSpaceRetry(F&& write) -> decltype(write()) {
+    try {
+      return write();
+    } catch (const SyncError& e) {
+      if (!IsDiskFull(e)) throw;
+    }
+    FreeWalSpace();
+    return write();
+  }
+
+  // The wall clock is behind the latest time a write stored (a device whose clock was
+  // corrected backwards across a restart): no due time may then be further ahead than
+  // the op's own delay (next_attempt_at - scheduled_at), no TTL deadline further than
+  // its ttl (expires_at - created_at), and no op created in the future. One scan of
+  // the live ops, only when the clock did go back; O(1) otherwise.
+  int64_t ClampToClockLocked(double now) {
+    if (!(now < counters_.wall_high)) return 0;
+    Use(st().clamp_due)->Bind(1, now).Run();
+    int64_t n = db_.Changes();
+    Use(st().clamp_created)->Bind(1, now).Run();
+    n = std::max(n, db_.Changes());
+    Use(st().clamp_waiting)->Bind(1, now).Run();
+    counters_.wall_high = now;
+    return n;
+  }
+
   int64_t ResetInFlightLocked(double now) {
     std::vector<std::tuple<int64_t, std::optional<std::string>, int>> leased;
     {
@@ -1187,6 +1400,9 @@ class SqliteStorage final : public QueueStorage {
   std::mutex db_mu_;  // guards the connection and everything below
   Db db_;
   std::unique_ptr<sqlite::Checkpointer> checkpointer_;  // read-write handles only
+  int64_t page_size_ = 2048;
+  int64_t wal_frames_ = 0;  // the WAL bound in force (RefreshWalBudget)
+  int commits_since_budget_ = 0;
   std::unique_ptr<Statements> stmts_;
   std::optional<Durability> sync_;
   Counters counters_;

@@ -303,7 +303,7 @@ void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::strin
     Bury(op, reason, summary);
     return;
   }
-  queue_->Retry(op.id, delay, error);
+  queue_->Retry(op.id, delay, error, network);
   summary.retried.emplace_back(op.id, delay);
   {
     std::lock_guard lock(mu_);
@@ -391,7 +391,9 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       return;
     case Kind::kConflict: {
       summary.conflicts += 1;
-      if (r.remote.hlc) queue_->hlc().Observe(*r.remote.hlc);
+      if (r.remote.hlc &&
+          HybridLogicalClock::PhysicalMs(*r.remote.hlc) <= HybridLogicalClock::kMaxPhysicalMs)
+        queue_->ObserveHlc(*r.remote.hlc);  // persisted: every handle and restart stamps above it
       {
         std::lock_guard lock(mu_);
         stats_.conflicts += 1;

@@ -121,12 +121,13 @@ void SyncQueue::Ack(int64_t id) {
   waiter_->Notify();
 }
 
-void SyncQueue::Retry(int64_t id, double delay, const std::optional<std::string>& error) {
+void SyncQueue::Retry(int64_t id, double delay, const std::optional<std::string>& error,
+                      bool network) {
   if (!std::isfinite(delay) || delay < 0) ThrowInvalid("delay must be a finite number >= 0");
   auto guard = Guard();
   EnsureConsumer();
   const double now = clock_->Now();
-  storage_->Retry(id, now + delay, error, now);
+  storage_->Retry(id, now + delay, error, now, network);
   waiter_->Notify();
 }
 
@@ -135,6 +136,13 @@ void SyncQueue::DeadLetter(int64_t id, const std::string& reason) {
   EnsureConsumer();
   storage_->DeadLetter(id, reason, clock_->Now());
   waiter_->Notify();
+}
+
+void SyncQueue::ObserveHlc(uint64_t remote) {
+  HybridLogicalClock::Validate(remote);
+  auto guard = Guard();
+  storage_->ObserveHlc(remote);
+  hlc_.Observe(remote);
 }
 
 std::vector<int64_t> SyncQueue::RequeueDead(const std::optional<std::vector<int64_t>>& ids) {

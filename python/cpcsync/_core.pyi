@@ -280,7 +280,12 @@ class Operation:
     @property
     def attempts(self) -> int:
         """
-        Times it has been taken for delivery.
+        Delivery attempts that count toward max_attempts: times it was taken, less the network failures.
+        """
+    @property
+    def network_failures(self) -> int:
+        """
+        Deliveries where no server answered (retry(..., network=True)); they do not count as attempts.
         """
     @property
     def base_version(self) -> int | None:
@@ -633,13 +638,15 @@ class SyncQueue:
         """
         Put dead ops (the given ids, or all) back at the tail of their keys under new ids; returns the new ids.
         """
-    def retry(self, op_id: int, delay: float = 0.0, error: str | None = None) -> None:
+    def retry(
+        self, op_id: int, delay: float = 0.0, error: str | None = None, *, network: bool = False
+    ) -> None:
         """
-        Failed for now: the in-flight op is pending again, due after `delay` seconds.
+        Failed for now: the in-flight op is pending again, due after `delay` seconds. network=True: no server answered (refused, reset, DNS, timeout before a response); the failure counts in op.network_failures instead of op.attempts.
         """
     def stats(self) -> dict[str, typing.Any]:
         """
-        Counts: pending, in_flight, dead, total, bytes, by_priority (pending per priority), oldest_pending_age (seconds) and next_due_in (seconds until a delayed op is due).
+        Counts: pending, in_flight, dead, total, bytes, by_priority (pending per priority), oldest_pending_age (seconds, never negative), next_due_in (seconds until a delayed op is due) and network_failures (retries with network=True over the queue's lifetime).
         """
     def take(self, n: int = 1) -> list[Operation]:
         """
@@ -660,7 +667,9 @@ class SyncQueue:
         The queue's clock.
         """
     def observe_hlc(self, remote: int) -> None:
-        """Merge a remote HLC timestamp: operations enqueued later get larger stamps."""
+        """
+        Merge a remote HLC timestamp (say, a server's version stamp): operations enqueued later, by any handle on the same file and after a reopen, get larger stamps (the high-water mark is stored in the file). InvalidArgumentError for a stamp outside [0, 2**64) or after year 9999.
+        """
     @property
     def last_hlc(self) -> int:
         """The latest HLC stamp this handle issued or observed."""
@@ -916,7 +925,9 @@ class HybridLogicalClock:
     def now(self) -> int:
         """A new timestamp for a local event."""
     def observe(self, remote: int) -> None:
-        """Merge a remote timestamp: later now() results are after it."""
+        """
+        Merge a remote timestamp: later now() results are after it. InvalidArgumentError for a stamp outside [0, 2**64) or after year 9999 (it would leave no room above).
+        """
     @property
     def last(self) -> int:
         """The latest timestamp issued or observed."""

@@ -45,6 +45,9 @@ struct QueueStats {
   std::map<int, int64_t> by_priority;  // pending ops per priority
   std::optional<double> oldest_pending_created_at;
   std::optional<double> next_due;  // earliest next_attempt_at among waiting heads
+  // Failures where no server answered (Retry with network=true), counted over the
+  // queue's lifetime (schema 4; a counter, so O(1) to read).
+  int64_t network_failures = 0;
 };
 
 class QueueStorage {
@@ -57,8 +60,12 @@ class QueueStorage {
   // Expires due TTLs, then leases up to n ready lane heads (see queue-semantics.md).
   virtual std::vector<Operation> Take(size_t n, double now) = 0;
   virtual void Ack(int64_t id, double now) = 0;
+  // Makes the in-flight op pending again, due at `next_attempt_at`. `network`: the
+  // failure was one where no server answered (docs/queue-semantics.md, "Outages"): it
+  // does not count as an attempt, so the op's attempts (raised by the Take that leased
+  // it) go back down by one and its network_failures go up by one instead.
   virtual void Retry(int64_t id, double next_attempt_at, const std::optional<std::string>& error,
-                     double now) = 0;
+                     double now, bool network) = 0;
   virtual void DeadLetter(int64_t id, const std::string& reason, double now) = 0;
   // Records the remote version an op must be resent against (conflict resolution).
   virtual void SetBaseVersion(int64_t id, std::optional<int64_t> version,
@@ -83,8 +90,12 @@ class QueueStorage {
   // op pending again (its consumer is gone) and calls `wake` from another thread
   // whenever another process stores an op.
   virtual void AcquireConsumer(double /*now*/, const std::function<void()>& /*wake*/) {}
-  // Highest HLC ever stored (0 when empty).
+  // Highest HLC ever stored or observed (0 when empty).
   virtual uint64_t MaxHlc() = 0;
+  // Raises the stored high-water mark to `remote` if it is higher (in its own write
+  // transaction, committed like the consumer's writes): every op inserted later, by any
+  // handle on the same storage, is stamped above it.
+  virtual void ObserveHlc(uint64_t remote) = 0;
   virtual void Close() = 0;
 };
 

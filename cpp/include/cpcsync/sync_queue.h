@@ -44,7 +44,10 @@ class SyncQueue {
   // Consumer calls (the first one makes this handle the consumer).
   std::vector<Operation> Take(size_t n);
   void Ack(int64_t id);
-  void Retry(int64_t id, double delay, const std::optional<std::string>& error);
+  // `network`: no server answered (connection refused/reset, DNS, timeout before a
+  // response): the failure is counted in op.network_failures, not op.attempts.
+  void Retry(int64_t id, double delay, const std::optional<std::string>& error,
+             bool network = false);
   void DeadLetter(int64_t id, const std::string& reason);
   std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids);
   int64_t PurgeDead();
@@ -70,6 +73,12 @@ class SyncQueue {
   const std::shared_ptr<Clock>& clock() const { return clock_; }
   const std::shared_ptr<Waiter>& waiter() const { return waiter_; }
   HybridLogicalClock& hlc() { return hlc_; }
+  // Merges a remote HLC timestamp (a conflicting server write's, say) and persists it
+  // as the queue's high-water mark, so every handle on the file, in any process, and
+  // this one after a reopen, stamps later operations above it. Throws
+  // SyncError(kInvalidArgument) for a stamp out of range (HybridLogicalClock), or
+  // kStorage if it could not be written. Not a consumer call.
+  void ObserveHlc(uint64_t remote);
   const Limits& limits() const { return limits_; }
   const std::string& path() const { return path_; }
 

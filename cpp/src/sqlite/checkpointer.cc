@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <string>
 #include <utility>
 
@@ -46,17 +47,23 @@ bool Checkpointer::WaitForCopiedFrames(int64_t frames, std::chrono::milliseconds
 
 int Checkpointer::Hook(void* self, sqlite3* db, const char* name, int frames) {
   auto* c = static_cast<Checkpointer*>(self);
-  if (frames < c->frames_) c->next_wake_ = kFrames;  // the WAL restarted
+  if (frames < c->frames_) c->next_wake_ = c->wake_frames_;  // the WAL restarted
   c->frames_ = frames;
   if (frames >= c->next_wake_) {
-    c->next_wake_ = frames + kFrames;
+    c->next_wake_ = frames + c->wake_frames_;
     c->Wake();
   }
   return SQLITE_OK;
 }
 
+void Checkpointer::SetInlineFrames(int frames) {
+  inline_frames_ = std::clamp(frames, 1, kInlineFrames);
+  wake_frames_ = std::clamp(inline_frames_ / 2, 1, kFrames);
+  next_wake_ = std::min(next_wake_, frames_ + wake_frames_);
+}
+
 void Checkpointer::AfterCommit(sqlite3* db) {
-  if (frames_ < kInlineFrames) return;
+  if (frames_ < inline_frames_) return;
   // Done or not (BUSY: the thread holds the checkpoint lock), the next commit's hook
   // says where the WAL is: restarted (fewer frames) or still long (try again).
   sqlite3_wal_checkpoint_v2(db, nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);

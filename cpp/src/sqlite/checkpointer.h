@@ -56,9 +56,13 @@ class Checkpointer {
   void Attach(sqlite3* db);
   static void Detach(sqlite3* db);
   // After a write transaction of `db` committed: checkpoints inline if the WAL has
-  // reached kInlineFrames (errors, e.g. SQLITE_BUSY while the thread checkpoints, are
-  // ignored: the next commit tries again).
+  // reached the inline threshold (errors, e.g. SQLITE_BUSY while the thread
+  // checkpoints, are ignored: the next commit tries again).
   void AfterCommit(sqlite3* db);
+  // Lowers (or restores) the inline threshold, kInlineFrames at most, to bound the WAL
+  // on a small or full disk; the thread is then woken every `frames / 2` frames (up to
+  // kFrames). Call from the thread that commits on `db`.
+  void SetInlineFrames(int frames);
 
   // For tests: waits (in real time) until one of the thread's checkpoints reports at
   // least `frames` WAL frames copied into the database (SQLite's pnCkpt: the frames of
@@ -79,6 +83,8 @@ class Checkpointer {
   const pid_t owner_;
   int frames_ = 0;           // the WAL's size at the last commit (committing thread)
   int next_wake_ = kFrames;  // wake the thread when frames_ reaches this (likewise)
+  int inline_frames_ = kInlineFrames;  // checkpoint inline from here on (likewise)
+  int wake_frames_ = kFrames;          // wake the thread every this many frames (likewise)
   std::mutex work_mu_;
   mutable std::mutex mu_;
   std::condition_variable cv_;                 // wakes the thread

@@ -69,6 +69,21 @@ constexpr std::array<const char*, kSchemaVersion> kMigrations = {
     CREATE INDEX ops_errors ON ops(last_error, state, dead_at, next_attempt_at)
       WHERE last_error IS NOT NULL;
     )sql",
+    // 4: outages, clock steps and the HLC (issue 13). Per op: failures where no server
+    // answered (not attempts), and when next_attempt_at was last set (NULL: at
+    // created_at), so a due time can be clamped to the op's own delay when the wall
+    // clock went back across a restart. In the counters row: network failures over
+    // the queue's lifetime, and the latest wall time a write stored (wall_high; from
+    // the newest op for a migrated file, one seek) to tell cheaply whether the clock
+    // went back since. All O(1): no existing row is rewritten.
+    R"sql(
+    ALTER TABLE ops ADD COLUMN network_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE ops ADD COLUMN scheduled_at REAL;
+    ALTER TABLE counters ADD COLUMN network_failures INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE counters ADD COLUMN wall_high REAL NOT NULL DEFAULT 0;
+    UPDATE counters SET wall_high = coalesce(
+      (SELECT created_at FROM ops ORDER BY id DESC LIMIT 1), 0);
+    )sql",
 };
 
 [[noreturn]] void NotAQueue(const std::string& path, const std::string& why) {

@@ -13,7 +13,7 @@
 namespace cpcsync::sqlite {
 
 inline constexpr int kApplicationId = 0x63706373;  // "cpcs"
-inline constexpr int kSchemaVersion = 3;
+inline constexpr int kSchemaVersion = 4;
 
 enum class FileKind { kMissing, kEmpty, kQueue };
 

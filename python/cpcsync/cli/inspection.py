@@ -156,6 +156,7 @@ def collect_status(q: cs.SyncQueue, path: str, errors: int) -> dict[str, Any]:
         "bytes": int(stats["bytes"]),
         "oldest_pending_age": stats["oldest_pending_age"],
         "next_due_in": stats["next_due_in"],
+        "network_failures": int(stats["network_failures"]),
         "by_priority": rows,
         "consumer": {
             "active": who.active,

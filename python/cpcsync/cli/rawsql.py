@@ -48,7 +48,7 @@ __all__ = [
 
 APPLICATION_ID = 0x63706373
 """``PRAGMA application_id`` of every cpcsync queue file ("cpcs")."""
-SUPPORTED_SCHEMA_VERSIONS = (2, 3)
+SUPPORTED_SCHEMA_VERSIONS = (2, 3, 4)  # 4 only adds columns (issue 13)
 """Schema versions (``PRAGMA user_version``) whose layout this module was checked against."""
 STATE_CODES = {"pending": 0, "in_flight": 1, "dead": 2}
 """How ``ops.state`` encodes an operation's state."""

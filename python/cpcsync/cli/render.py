@@ -53,6 +53,7 @@ OP_FIELDS = (
     "hlc",
     "created_at",
     "attempts",
+    "network_failures",
     "next_attempt_at",
     "first_attempt_at",
     "expires_at",
@@ -161,6 +162,7 @@ def op_to_json(op: cs.Operation) -> dict[str, Any]:
         "hlc": op.hlc,
         "created_at": op.created_at,
         "attempts": op.attempts,
+        "network_failures": op.network_failures,
         "next_attempt_at": op.next_attempt_at,
         "first_attempt_at": op.first_attempt_at,
         "expires_at": op.expires_at,
@@ -255,6 +257,8 @@ def print_status(status: Mapping[str, Any]) -> None:
     grid.add_row("Oldest pending", _cell(human_duration(status["oldest_pending_age"])))
     if status["next_due_in"] is not None:
         grid.add_row("Next retry due in", _cell(human_duration(status["next_due_in"])))
+    if status["network_failures"]:
+        grid.add_row("Network failures", _cell(f"{status['network_failures']} (not attempts)"))
     console.print(grid)
     if status["in_flight"] and status["consumer"]["active"] is False:
         console.print(
@@ -303,7 +307,8 @@ def print_ops(
     ops: Sequence[cs.Operation], now: float, *, title: str, dead_letters: bool = False
 ) -> None:
     """Render operations as a table: id, state (ready, due in ..., in flight, dead),
-    priority, kind, key, attempts, age, payload preview and last error. With
+    priority, kind, key, attempts, network failures (deliveries no server answered,
+    which are not attempts), age, payload preview and last error. With
     ``dead_letters`` the state column is left out and the error is shown in full."""
     console = make_console()
     if not ops:
@@ -318,6 +323,7 @@ def print_ops(
     table.add_column("Kind", overflow="fold")
     table.add_column("Key", overflow="fold")
     table.add_column("Att", justify="right", no_wrap=True)
+    table.add_column("Net", justify="right", no_wrap=True)
     table.add_column("Age", justify="right", no_wrap=True)
     table.add_column("Payload", overflow="fold")
     table.add_column("Last error", overflow="fold")
@@ -330,7 +336,8 @@ def print_ops(
             _cell(op.kind),
             _cell(op.key),
             _cell(op.attempts),
-            _cell(human_duration(now - op.created_at)),
+            _cell(op.network_failures),
+            _cell(human_duration(max(0.0, now - op.created_at))),
             _cell(payload_preview(bytes(op.payload))),
             _cell(op.last_error),
         ]
