@@ -115,7 +115,8 @@ class VersionedTransport:
         # under ASan) were not there to choose. A first attempt's take time is exact;
         # for a retry it is not kept, so the time of this call stands in for it.
         taken_at = time.time()
-        if op.attempts == 1 and op.first_attempt_at is not None:
+        # (attempts counts answered failures only: a network failure is not an attempt)
+        if op.attempts == 1 and op.network_failures == 0 and op.first_attempt_at is not None:
             taken_at = op.first_attempt_at
         lanes: dict[str, list[cs.Operation]] = {}
         for o in self._queue.peek(100_000):
