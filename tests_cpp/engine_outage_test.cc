@@ -4,13 +4,16 @@
 // test_engine_stop.py) cover these end to end; these run the core alone, with real
 // worker threads, so `make sanitize` sees them under ASan/UBSan and TSan.
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <limits>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "cpcsync/errors.h"
@@ -88,14 +91,102 @@ TEST(EngineOutage, TheGateHoldsEveryWorkerButOneProbe) {
   const ProcessingSummary first = engine->ProcessOnce();
   EXPECT_EQ(first.retried.size(), 3u);
   EXPECT_TRUE(first.failed.empty());
-  EXPECT_EQ(engine->Stats().outage_failures, 3);
+  // One step, not three: the ops of one round failing together are one outage signal.
+  EXPECT_EQ(engine->Stats().outage_failures, 1);
   EXPECT_EQ(engine->NextAttemptAt(), std::optional<double>(110.0));
   EXPECT_TRUE(engine->ProcessOnce().retried.empty());  // gated: nothing taken
   clock->Advance(10.0);
   const ProcessingSummary probe = engine->ProcessOnce();  // one probe, not three
   EXPECT_EQ(probe.retried.size(), 1u);
   EXPECT_EQ(transport->calls.load(), 4);
+  EXPECT_EQ(engine->Stats().outage_failures, 2);  // the probe's failure: one step more
   EXPECT_TRUE(q->DeadLetters().empty());
+}
+
+// Delays from a list, in call order (the gate asks before the op's own retry does).
+class ListBackoff final : public BackoffStrategy {
+ public:
+  explicit ListBackoff(std::vector<double> delays) : delays_(std::move(delays)) {}
+  double NextDelay(int) override {
+    std::lock_guard lock(mu_);
+    const double d = delays_[next_ % delays_.size()];
+    ++next_;
+    return d;
+  }
+  std::shared_ptr<BackoffStrategy> Clone() const override {
+    return std::make_shared<ListBackoff>(delays_);
+  }
+  std::string Describe() const override { return "ListBackoff"; }
+
+ private:
+  std::mutex mu_;
+  std::vector<double> delays_;
+  size_t next_ = 0;
+};
+
+double ProcessCpuSeconds() {
+  rusage u{};
+  ::getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6;
+}
+
+TEST(EngineOutage, AWorkerDoesNotSpinWhenTheGateOpensBeforeAnyOpIsDue) {
+  // The gate's step (0.1 s) ends long before the op's own retry (5 s): the probe's
+  // take finds nothing, and the worker must sleep until the op is due. It used to
+  // wake itself up in a loop (~2 million times a second) until then.
+  auto q = SyncQueue::InMemory(Limits{}, nullptr);
+  std::mutex mu;
+  std::condition_variable cv;
+  int calls = 0;
+  auto transport = std::make_shared<FnTransport>([&](const Operation&) {
+    std::lock_guard lock(mu);
+    ++calls;
+    cv.notify_all();
+    return DeliveryResult::Failed(Kind::kNetwork, "refused");
+  });
+  auto engine = std::make_shared<SyncEngine>(
+      q, transport, nullptr, std::make_shared<ListBackoff>(std::vector<double>{0.1, 5.0}), nullptr,
+      EngineOptions{});
+  engine->Start();
+  Put(*q, "a");
+  {
+    std::unique_lock lock(mu);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(30), [&] { return calls >= 1; }));
+  }
+  const double cpu_before = ProcessCpuSeconds();
+  const auto start = std::chrono::steady_clock::now();
+  // An observation window, not synchronisation: a spinning worker burns all of it.
+  std::this_thread::sleep_for(std::chrono::milliseconds(1000));
+  const double wall =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double cpu = ProcessCpuSeconds() - cpu_before;
+  EXPECT_LT(cpu, 0.3 * wall) << "the worker spun: " << cpu << " s of CPU in " << wall << " s";
+  EXPECT_EQ(transport->calls.load(), 1);  // nothing was due: no call
+  EXPECT_TRUE(engine->Stop(false, 10.0));
+}
+
+TEST(EngineOutage, AZeroOrHugeBackoffStillGivesBoundedGateSteps) {
+  auto clock = std::make_shared<VirtualClock>(0.0);
+  auto q = SyncQueue::InMemory(Limits{}, clock);
+  Put(*q, "a");
+  auto transport = std::make_shared<FnTransport>(
+      [](const Operation&) { return DeliveryResult::Failed(Kind::kNetwork, "refused"); });
+  EngineOptions options;
+  options.max_retry_after = 60.0;
+  auto zero = std::make_shared<SyncEngine>(
+      q, transport, nullptr, std::make_shared<ConstantBackoff>(0.0), nullptr, options, clock);
+  zero->ProcessOnce();
+  EXPECT_EQ(zero->NextAttemptAt(), std::optional<double>(0.1));  // never a tight loop
+  EXPECT_TRUE(zero->ProcessOnce().retried.empty());
+  zero.reset();
+  clock->Advance(1.0);
+  auto huge = std::make_shared<SyncEngine>(
+      q, transport, nullptr, std::make_shared<ConstantBackoff>(1e9), nullptr, options, clock);
+  const ProcessingSummary s = huge->ProcessOnce();
+  ASSERT_EQ(s.retried.size(), 1u);
+  EXPECT_DOUBLE_EQ(s.retried[0].second, 60.0);  // the op's own wait: at most max_retry_after
+  EXPECT_EQ(huge->NextAttemptAt(), std::optional<double>(61.0));  // and the gate's
 }
 
 TEST(EngineOutage, AReconnectOpensTheGate) {

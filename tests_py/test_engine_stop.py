@@ -36,7 +36,7 @@ def test_stop_is_bounded_while_a_worker_waits_for_sqlites_lock(tmp_path: Path) -
         _until(lambda: engine.busy_workers == 1)
         started = time.monotonic()
         assert engine.stop(timeout=1.0) is False  # the worker is still busy
-        assert time.monotonic() - started < 10.0
+        assert time.monotonic() - started < 3.0
     finally:
         holder.execute("ROLLBACK")
         holder.close()
@@ -45,7 +45,7 @@ def test_stop_is_bounded_while_a_worker_waits_for_sqlites_lock(tmp_path: Path) -
     assert not called.is_set()
     got = q.get(op)
     assert got is not None and got.state == "pending"
-    assert got.last_error is not None and "not sent" in got.last_error
+    assert got.attempts == 0  # never sent: not an attempt
     q.close()
 
 

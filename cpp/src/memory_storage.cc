@@ -22,7 +22,7 @@ struct Slot : Operation {
 };
 
 struct Lane {
-  std::set<int64_t> live;           // pending + in flight, by id
+  std::set<int64_t> live;            // pending + in flight, by id
   std::multiset<int> pending_prios;  // priorities of its pending ops
 };
 
@@ -95,17 +95,19 @@ class MemoryStorage final : public QueueStorage {
   }
 
   void Retry(int64_t id, double next_attempt_at, const std::optional<std::string>& error,
-             double now, bool network) override {
+             double now, RetryKind kind) override {
     std::lock_guard lock(mu_);
     Slot& op = RequireState(id, OpState::kInFlight, "retry");
-    if (network) {  // not an attempt: give back the one Take counted
+    if (kind != RetryKind::kAttempt) {  // not an attempt: give back the one Take counted
       op.attempts = std::max(0, op.attempts - 1);
+    }
+    if (kind == RetryKind::kNetwork) {
       op.network_failures += 1;
       network_failures_ += 1;
     }
     op.state = OpState::kPending;
     op.next_attempt_at = next_attempt_at;
-    op.last_error = error;
+    if (kind != RetryKind::kNotSent) op.last_error = error;
     in_flight_.erase(id);
     RememberPending(op);
     Schedule(op, now);
@@ -115,8 +117,8 @@ class MemoryStorage final : public QueueStorage {
     std::lock_guard lock(mu_);
     auto it = ops_.find(id);
     if (it == ops_.end() || it->second.state == OpState::kDead) {
-      throw SyncError(ErrorCode::kOperationState,
-                      "dead_letter: operation " + std::to_string(id) + " is not pending or in flight");
+      throw SyncError(ErrorCode::kOperationState, "dead_letter: operation " + std::to_string(id) +
+                                                      " is not pending or in flight");
     }
     DeadLetterLocked(id, reason, now);
   }
@@ -127,7 +129,8 @@ class MemoryStorage final : public QueueStorage {
     Operation& op = RequireState(id, OpState::kInFlight, "set_base_version");
     op.base_version = version;
     if (payload) {
-      live_bytes_ += static_cast<int64_t>(payload->size()) - static_cast<int64_t>(op.payload.size());
+      live_bytes_ +=
+          static_cast<int64_t>(payload->size()) - static_cast<int64_t>(op.payload.size());
       op.payload = *payload;
     }
   }
@@ -277,7 +280,10 @@ class MemoryStorage final : public QueueStorage {
   class Source final : public LaneSource {
    public:
     Source(MemoryStorage& s, double now)
-        : s_(s), now_(now), ready_it_(s.ready_.begin()), waiting_(BuildWaitingOrder(s)),
+        : s_(s),
+          now_(now),
+          ready_it_(s.ready_.begin()),
+          waiting_(BuildWaitingOrder(s)),
           waiting_it_(waiting_.begin()) {
       for (auto& [at, id] : s.expiry_) {
         if (at > now) break;
@@ -403,7 +409,8 @@ class MemoryStorage final : public QueueStorage {
 
   static std::string FullMessage(const Limits& limits, int64_t count, int64_t bytes) {
     std::string m = "queue is full (";
-    if (limits.max_ops) m += std::to_string(count) + " ops > max_ops " + std::to_string(*limits.max_ops);
+    if (limits.max_ops)
+      m += std::to_string(count) + " ops > max_ops " + std::to_string(*limits.max_ops);
     if (limits.max_ops && limits.max_bytes) m += "; ";
     if (limits.max_bytes) {
       m += std::to_string(bytes) + " bytes > max_bytes " + std::to_string(*limits.max_bytes);
@@ -417,7 +424,8 @@ class MemoryStorage final : public QueueStorage {
       const bool is_head = *lanes_.at(*t->key).live.begin() == t->id;
       if (is_head) Unschedule(*t);
       ForgetPending(*t);
-      live_bytes_ += static_cast<int64_t>(s.op.payload.size()) - static_cast<int64_t>(t->payload.size());
+      live_bytes_ +=
+          static_cast<int64_t>(s.op.payload.size()) - static_cast<int64_t>(t->payload.size());
       t->payload = std::move(s.op.payload);
       t->hlc = s.hlc;
       t->priority = std::max(t->priority, s.op.priority);
@@ -599,9 +607,9 @@ class MemoryStorage final : public QueueStorage {
   std::map<int64_t, Slot> ops_;  // live and dead
   std::unordered_map<std::string, Lane> lanes_;
   std::set<std::pair<int, int64_t>, ReadyOrder> ready_;  // due heads: (eff prio, id)
-  std::set<std::pair<double, int64_t>> waiting_;  // heads not yet due: (due, id)
-  std::set<std::pair<double, int64_t>> expiry_;   // pending ops with a ttl
-  std::set<std::pair<int, int64_t>> victims_;     // pending: (priority, -id), once needed
+  std::set<std::pair<double, int64_t>> waiting_;         // heads not yet due: (due, id)
+  std::set<std::pair<double, int64_t>> expiry_;          // pending ops with a ttl
+  std::set<std::pair<int, int64_t>> victims_;            // pending: (priority, -id), once needed
   bool victims_valid_ = false;
   std::map<int, int64_t> pending_by_prio_;
   std::set<int64_t> dead_;

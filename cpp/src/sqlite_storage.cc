@@ -246,10 +246,12 @@ struct Statements {
         lease(db, Sql("UPDATE ops SET state=1, attempts=attempts+1, "
                       "first_attempt_at=coalesce(first_attempt_at, ?2) WHERE id=?1 RETURNING ")),
         ack(db, "DELETE FROM ops WHERE id=?1"),
-        // ?4 = 1 for a network failure: not an attempt (the lease counted one).
+        // ?4 = 1 when it was not an attempt (the lease counted one); ?6 = 1 for a
+        // network failure; ?7 = 1 to keep last_error (never sent).
         retry(db,
-              "UPDATE ops SET state=0, next_attempt_at=?2, last_error=?3, scheduled_at=?5, "
-              "attempts=max(0, attempts-?4), network_failures=network_failures+?4 WHERE id=?1"),
+              "UPDATE ops SET state=0, next_attempt_at=?2, scheduled_at=?5, "
+              "last_error=CASE WHEN ?7 THEN last_error ELSE ?3 END, "
+              "attempts=max(0, attempts-?4), network_failures=network_failures+?6 WHERE id=?1"),
         bury(db, "UPDATE ops SET state=2, last_error=?2, dead_at=?3 WHERE id=?1"),
         base_version(db, "UPDATE ops SET base_version=?2 WHERE id=?1"),
         replace_payload(db, "UPDATE ops SET payload=?2, size=?3 WHERE id=?1"),
@@ -422,7 +424,8 @@ class SqliteStorage final : public QueueStorage {
   }
 
   void Retry(int64_t id, double next_attempt_at, const std::optional<std::string>& error,
-             double now, bool network) override {
+             double now, RetryKind kind) override {
+    const bool network = kind == RetryKind::kNetwork;
     std::lock_guard lock(db_mu_);
     WithSpaceRetry([&] {
       Txn txn(*this, Durability::kNormal);
@@ -431,8 +434,10 @@ class SqliteStorage final : public QueueStorage {
           ->Bind(1, id)
           .Bind(2, next_attempt_at)
           .Bind(3, error)
-          .Bind(4, network ? 1 : 0)
+          .Bind(4, kind == RetryKind::kAttempt ? 0 : 1)
           .Bind(5, now)
+          .Bind(6, network ? 1 : 0)
+          .Bind(7, kind == RetryKind::kNotSent ? 1 : 0)
           .Run();
       counters_.AddPending(b.priority, 1);
       if (network) counters_.network_failures += 1;

@@ -22,6 +22,12 @@ constexpr double kBrokenCallbackRetryDelay = 1.0;
 // The text a resolved conflict's retry records; a conflict on an op whose last error
 // starts with it means the server keeps reporting one.
 constexpr std::string_view kConflictResolved = "conflict resolved (";
+// The outage gate's shortest step (seconds): a zero backoff must not probe a dead
+// server in a tight loop.
+constexpr double kMinOutageStep = 0.1;
+// Seconds a probe holds the gate; one still out after that (a transport call hung
+// with no timeout) no longer keeps the other workers from probing.
+constexpr double kProbeGrace = 30.0;
 
 // The engine whose Deliver() runs on this thread, and how many of its ops it has in
 // flight: Stop() called from a listener does not wait for its own caller's ops.
@@ -194,69 +200,95 @@ EngineStats SyncEngine::Stats() const {
     s.running = !workers_.empty() && !stopping_;
     s.busy_workers = busy_;
   }
-  std::lock_guard lock(events_->mu);
-  s.listener_errors = events_->errors;
+  {
+    std::lock_guard lock(events_->mu);
+    s.listener_errors = events_->errors;
+  }
   std::lock_guard gate_lock(gate_->mu);
   s.outage_failures = gate_->failures;
   s.outage_resume_at = gate_->failures > 0 ? gate_->until : 0.0;
   return s;
 }
 
-void SyncEngine::OutageGate::Open() {
+bool SyncEngine::OutageGate::Open() {
   std::lock_guard lock(mu);
+  const bool was_closed = failures > 0;
   failures = 0;
   until = 0;
+  probing = false;
+  epoch += 1;
+  return was_closed;
 }
 
-size_t SyncEngine::Allowance(size_t wanted, double now, double* wake_at, bool* probe) {
-  *probe = false;
+size_t SyncEngine::Allowance(size_t wanted, double now, double* wake_at, uint64_t* probe) {
+  *probe = 0;
   std::lock_guard lock(gate_->mu);
   if (gate_->failures == 0) return wanted;
   if (now < gate_->until) {
     *wake_at = gate_->until;
     return 0;
   }
-  if (gate_->probing) {
-    *wake_at = kForever;  // the probe's end notifies the queue's waiter
+  if (gate_->probing && now < gate_->probe_deadline) {
+    *wake_at = gate_->probe_deadline;  // or earlier: an answer opens the gate and wakes us
     return 0;
   }
   gate_->probing = true;
-  *probe = true;
+  gate_->probe += 1;
+  gate_->probe_deadline = now + kProbeGrace;
+  *probe = gate_->probe;
   return 1;
 }
 
-void SyncEngine::EndProbe() {
-  {
-    std::lock_guard lock(gate_->mu);
-    gate_->probing = false;
-  }
-  queue_->waiter()->Notify();  // wakes workers that waited for the probe
+void SyncEngine::ProbeScope::End() {
+  if (token_ == 0) return;
+  std::lock_guard lock(e_.gate_->mu);
+  if (e_.gate_->probing && e_.gate_->probe == token_) e_.gate_->probing = false;
+  token_ = 0;
 }
 
-void SyncEngine::NoteOutcome(bool answered, bool network) {
+void SyncEngine::NoteOutcome(bool answered, bool network, bool probe) {
   if (answered) {
-    gate_->Open();
+    if (gate_->Open()) queue_->waiter()->Notify();  // wakes the workers the gate held
     return;
   }
   if (!network) return;
-  std::lock_guard lock(gate_->mu);
-  gate_->failures += 1;
-  const int step = static_cast<int>(std::min<int64_t>(gate_->failures, 1 << 20));
-  double delay = 0;
+  int step;
+  uint64_t epoch;
+  {
+    std::lock_guard lock(gate_->mu);
+    // Ops taken before the gate closed (other workers, the rest of a round) fail
+    // too: only the first failure and the probe's move the gate a step.
+    if (gate_->failures > 0 && !probe) return;
+    gate_->failures += 1;
+    gate_->until = kForever;  // until the step is known (computed without the lock)
+    step = static_cast<int>(std::min<int64_t>(gate_->failures, 1 << 20));
+    epoch = gate_->epoch;
+  }
+  double delay = kBrokenCallbackRetryDelay;
   try {
     delay = gate_backoff_->NextDelay(step);
   } catch (const std::exception& e) {
-    Log().error("sync engine: backoff failed for the outage gate: {}", e.what());
-    delay = kBrokenCallbackRetryDelay;
+    Log().error("sync engine: the backoff failed for the outage gate: {}", e.what());
   }
+  // A zero backoff must not make a tight loop against a dead server, nor a huge one
+  // park every op: the step is bounded both ways.
+  if (!std::isfinite(delay)) delay = kBrokenCallbackRetryDelay;
+  delay = std::clamp(delay, kMinOutageStep, options_.max_retry_after);
+  std::lock_guard lock(gate_->mu);
+  if (gate_->epoch != epoch) return;  // opened meanwhile (an answer, a reconnect)
   gate_->until = clock_->Now() + delay;
 }
 
 std::optional<double> SyncEngine::NextAttemptAt() {
   auto next = queue_->NextReadyAt();
   if (!next) return next;
+  const double now = clock_->Now();
   std::lock_guard lock(gate_->mu);
-  if (gate_->failures > 0) next = std::max(*next, gate_->until);
+  if (gate_->failures > 0) {
+    next = std::max(*next, gate_->until);
+    if (gate_->probing && now < gate_->probe_deadline)
+      next = std::max(*next, gate_->probe_deadline);
+  }
   return next;
 }
 
@@ -331,9 +363,9 @@ double SyncEngine::RetryAfterDelay(const Operation& op, double server_delay) {
   return std::min(options_.max_retry_after, std::max(kMinRetryAfter, backoff));
 }
 
-void SyncEngine::PutBack(const Operation& op, const std::string& why) {
+void SyncEngine::PutBack(const Operation& op) {
   try {
-    queue_->Retry(op.id, 0.0, why);
+    queue_->Release(op.id);  // never sent: not an attempt, its last error kept
   } catch (const std::exception&) {
     std::lock_guard lock(mu_);
     leftovers_.push_back(op.id);
@@ -376,7 +408,10 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       // Every failure so far (counted or not) sets the step, capped by the strategy.
       const int64_t failures = int64_t{op.attempts} + op.network_failures;
       const int n = static_cast<int>(std::clamp<int64_t>(failures, 1, 1 << 20));
-      RetryOrBury(op, BackoffFor(op.id)->NextDelay(n), r.error, /*network=*/true, summary);
+      // However the strategy grows (a user's may have no cap), an outage never parks
+      // an op longer than max_retry_after between tries.
+      const double delay = std::min(BackoffFor(op.id)->NextDelay(n), options_.max_retry_after);
+      RetryOrBury(op, delay, r.error, /*network=*/true, summary);
       return;
     }
     case Kind::kTransient:
@@ -427,10 +462,11 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       // from. A server that answers the resend with a conflict again is an answered
       // failure like any other: backed off, and counted toward max_attempts.
       const bool again = op.last_error && op.last_error->starts_with(kConflictResolved);
-      if (again && op.attempts >= options_.max_attempts) {
+      if (op.attempts >= options_.max_attempts) {
         Bury(op,
-             "gave up after " + std::to_string(op.attempts) +
-                 " attempts: the server kept reporting a conflict (version " + version + ")",
+             "gave up after " + std::to_string(op.attempts) + " attempts: the server " +
+                 (again ? "kept reporting a conflict" : "reported a conflict") + " (version " +
+                 version + ")",
              summary);
         return;
       }
@@ -445,7 +481,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
   }
 }
 
-ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
+ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops, bool probe) {
   ProcessingSummary summary;
   if (ops.empty()) return summary;
   {
@@ -490,7 +526,7 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
       answered = true;
     }
   }
-  NoteOutcome(answered, network);
+  NoteOutcome(answered, network, probe);
   for (size_t i = 0; i < ops.size(); ++i) {
     try {
       Apply(ops[i], results[i], summary);
@@ -503,8 +539,10 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops) {
       const auto* sync_error = dynamic_cast<const SyncError*>(&e);
       if (sync_error == nullptr || sync_error->code() == ErrorCode::kInvalidArgument) {
         try {
+          // A network failure stays one (the backoff breaking must not let an
+          // outage use up attempts).
           RetryOrBury(ops[i], kBrokenCallbackRetryDelay, std::string("engine: ") + e.what(),
-                      /*network=*/false, summary);
+                      results[i].kind == DeliveryResult::Kind::kNetwork, summary);
           continue;
         } catch (const std::exception&) {
           // the queue refused that too: put it back as below
@@ -578,36 +616,23 @@ ProcessingSummary SyncEngine::ProcessOnce() {
   if (!Connected()) return {};
   BusyScope busy(*this);
   ReleaseLeftovers();
-  double wake_at = 0;
-  bool probe = false;
+  double wake_at = kForever;
+  uint64_t token = 0;
   const size_t n = Allowance(static_cast<size_t>(options_.concurrency) * options_.batch_size,
-                             clock_->Now(), &wake_at, &probe);
+                             clock_->Now(), &wake_at, &token);
   if (n == 0) return {};  // the outage gate holds deliveries back (NextAttemptAt says until when)
-  std::vector<Operation> ops;
-  try {
-    ops = queue_->Take(n);
-  } catch (...) {
-    if (probe) EndProbe();
-    throw;
-  }
+  ProbeScope probe(*this, token);
+  std::vector<Operation> ops = queue_->Take(n);
   ProcessingSummary summary;
   for (size_t i = 0; i < ops.size(); i += options_.batch_size) {
     const size_t end = std::min(ops.size(), i + options_.batch_size);
     if (summary.interrupted) {
       // The caller was interrupted: the rest of the round goes back unsent.
-      for (size_t j = i; j < ops.size(); ++j) {
-        try {
-          queue_->Retry(ops[j].id, 0.0, "not sent: the call was interrupted");
-        } catch (const std::exception&) {
-          std::lock_guard lock(mu_);
-          leftovers_.push_back(ops[j].id);
-        }
-      }
+      for (size_t j = i; j < ops.size(); ++j) PutBack(ops[j]);
       break;
     }
-    summary.Add(Deliver(std::vector<Operation>(ops.begin() + i, ops.begin() + end)));
+    summary.Add(Deliver(std::vector<Operation>(ops.begin() + i, ops.begin() + end), probe.held()));
   }
-  if (probe) EndProbe();
   return summary;
 }
 
@@ -631,79 +656,88 @@ ProcessingSummary SyncEngine::Drain(std::optional<double> timeout) {
   }
 }
 
+bool SyncEngine::EnterBusy(uint64_t generation) {
+  std::lock_guard lock(mu_);
+  // A Stop() since this worker started (it may have returned already, if this worker
+  // was stuck in a transport past its timeout, or called it itself).
+  if (stopping_ || generation != generation_) return false;
+  busy_ += 1;
+  return true;
+}
+
 void SyncEngine::WorkerLoop(uint64_t generation) {
   auto waiter = queue_->waiter();
   for (;;) {
     const uint64_t seen = waiter->Generation();
-    {
-      std::lock_guard lock(mu_);
-      // A Stop() since this worker started (it may have returned already, if this
-      // worker was stuck in a transport past its timeout, or called it itself).
-      if (stopping_ || generation != generation_) return;
-    }
     if (waiter->closed()) return;
     if (!Connected()) {
+      {
+        std::lock_guard lock(mu_);
+        if (stopping_ || generation != generation_) return;
+      }
       waiter->WaitUntil(seen, kForever);
       continue;
     }
     // Busy from before the take until the results are applied, so WaitIdle never
-    // sees the gap between a lease and its delivery as idle.
-    std::optional<BusyScope> busy(std::in_place, *this);
+    // sees the gap between a lease and its delivery as idle, and Stop never misses a
+    // worker on its way into a take that may wait long on SQLite's lock.
+    if (!EnterBusy(generation)) return;
+    std::optional<BusyScope> busy(std::in_place, *this, std::adopt_lock);
     const bool stuck = !ReleaseLeftovers();  // storage still refusing writes
+    // Wait at least until then before looking again (1 s while storage refuses writes).
+    auto wait_until = [&](std::optional<double> next) {
+      busy.reset();  // notifies idle waiters
+      if (stuck) next = std::min(next.value_or(kForever), clock_->Now() + 1.0);
+      if (next && *next <= clock_->Now()) return;
+      waiter->WaitUntil(seen, next.value_or(kForever));
+    };
     double wake_at = kForever;
-    bool probe = false;
+    uint64_t token = 0;
     const size_t allowed =
-        Allowance(static_cast<size_t>(options_.batch_size), clock_->Now(), &wake_at, &probe);
-    if (allowed == 0) {  // the outage gate: wait for its next step (or the probe's end)
-      busy.reset();
-      waiter->WaitUntil(seen, stuck ? std::min(wake_at, clock_->Now() + 1.0) : wake_at);
+        Allowance(static_cast<size_t>(options_.batch_size), clock_->Now(), &wake_at, &token);
+    if (allowed == 0) {
+      // The outage gate: wait for its next step, or for an answer that opens it (it
+      // notifies the queue's waiter).
+      wait_until(wake_at);
       continue;
     }
-    struct ProbeEnd {
-      SyncEngine* e;
-      bool on;
-      ~ProbeEnd() {
-        if (on) e->EndProbe();
-      }
-    } probe_end{this, probe};
+    ProbeScope probe(*this, token);
     std::vector<Operation> ops;
     try {
       ops = queue_->Take(allowed);
     } catch (const SyncError& e) {
       if (e.code() == ErrorCode::kClosed) return;
       Log().error("sync engine: take failed: {}", e.what());
-      busy.reset();
-      waiter->WaitUntil(seen, clock_->Now() + 1.0);
+      probe.End();
+      wait_until(clock_->Now() + 1.0);
       continue;
     }
     {
       // Take may have waited long (SQLite's lock): a Stop() since then means these
-      // ops are not to be sent. They go back, due at once.
+      // ops are not to be sent. They go back, due at once, not counted as attempts.
       std::unique_lock lock(mu_);
       if (stopping_ || generation != generation_) {
         lock.unlock();
-        for (const auto& op : ops) PutBack(op, "not sent: the engine was stopping");
+        for (const auto& op : ops) PutBack(op);
         return;
       }
     }
     if (ops.empty()) {
-      if (probe_end.on) {  // nothing to probe with: let the next take probe
-        probe_end.on = false;
-        EndProbe();
-      }
+      // Nothing due (a probe's turn came before any op's own retry): the next take
+      // may probe; sleep until an op comes due, without waking anyone.
+      probe.End();
       std::optional<double> next;
       try {
         next = queue_->NextReadyAt();
-      } catch (const SyncError&) {
-        return;
+      } catch (const SyncError& e) {
+        if (e.code() == ErrorCode::kClosed) return;
+        Log().error("sync engine: reading the next due time failed: {}", e.what());
+        next = clock_->Now() + 1.0;
       }
-      busy.reset();  // notifies idle waiters
-      if (stuck) next = std::min(next.value_or(kForever), clock_->Now() + 1.0);
-      if (next && *next <= clock_->Now()) continue;
-      waiter->WaitUntil(seen, next.value_or(kForever));
+      wait_until(next);
       continue;
     }
-    Deliver(std::move(ops));
+    Deliver(std::move(ops), probe.held());
   }
 }
 
@@ -820,13 +854,17 @@ bool SyncEngine::WaitDrained(std::optional<double> timeout) {
   for (;;) {
     // idle_ moves at the end of every delivery round (and on monitor transitions).
     const uint64_t seen = idle_->Generation();
-    if (queue_->Count() == 0) {
-      std::lock_guard lock(mu_);
-      if (busy_ == 0 && leftovers_.empty()) return true;
+    int64_t left_in_queue;
+    try {
+      left_in_queue = queue_->Count();
+    } catch (const std::exception& e) {  // closed, storage failure: not drained; stop anyway
+      Log().error("sync engine: stop(drain=True): {}", e.what());
+      return false;
     }
     {
       std::lock_guard lock(mu_);
-      if (workers_.empty() || stopping_) return queue_->Count() == 0;  // nobody to drain it
+      if (left_in_queue == 0 && busy_ == 0 && leftovers_.empty()) return true;
+      if (workers_.empty() || stopping_) return left_in_queue == 0;  // nobody to drain it
     }
     double left = 3600.0;
     if (timeout) {

@@ -127,7 +127,15 @@ void SyncQueue::Retry(int64_t id, double delay, const std::optional<std::string>
   auto guard = Guard();
   EnsureConsumer();
   const double now = clock_->Now();
-  storage_->Retry(id, now + delay, error, now, network);
+  storage_->Retry(id, now + delay, error, now, network ? RetryKind::kNetwork : RetryKind::kAttempt);
+  waiter_->Notify();
+}
+
+void SyncQueue::Release(int64_t id) {
+  auto guard = Guard();
+  EnsureConsumer();
+  const double now = clock_->Now();
+  storage_->Retry(id, now, std::nullopt, now, RetryKind::kNotSent);
   waiter_->Notify();
 }
 

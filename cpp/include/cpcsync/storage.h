@@ -50,6 +50,14 @@ struct QueueStats {
   int64_t network_failures = 0;
 };
 
+// How a delivery that did not succeed counts, for Retry.
+enum class RetryKind {
+  kAttempt,  // a server answered with a failure: the attempt the Take counted stands
+  kNetwork,  // no server answered: not an attempt (attempts -1), network_failures +1
+  kNotSent,  // never sent (put back after a stop or an interrupt): not an attempt
+             // (attempts -1), and last_error is left as it was
+};
+
 class QueueStorage {
  public:
   virtual ~QueueStorage() = default;
@@ -60,12 +68,12 @@ class QueueStorage {
   // Expires due TTLs, then leases up to n ready lane heads (see queue-semantics.md).
   virtual std::vector<Operation> Take(size_t n, double now) = 0;
   virtual void Ack(int64_t id, double now) = 0;
-  // Makes the in-flight op pending again, due at `next_attempt_at`. `network`: the
-  // failure was one where no server answered (docs/queue-semantics.md, "Outages"): it
-  // does not count as an attempt, so the op's attempts (raised by the Take that leased
-  // it) go back down by one and its network_failures go up by one instead.
+  // Makes the in-flight op pending again, due at `next_attempt_at`, counted as `kind`
+  // says (docs/queue-semantics.md, "Outages"): a network failure or an op never sent
+  // is not an attempt, so the op's attempts (raised by the Take that leased it) go
+  // back down by one.
   virtual void Retry(int64_t id, double next_attempt_at, const std::optional<std::string>& error,
-                     double now, bool network) = 0;
+                     double now, RetryKind kind) = 0;
   virtual void DeadLetter(int64_t id, const std::string& reason, double now) = 0;
   // Records the remote version an op must be resent against (conflict resolution).
   virtual void SetBaseVersion(int64_t id, std::optional<int64_t> version,

@@ -165,6 +165,8 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   class BusyScope {
    public:
     explicit BusyScope(SyncEngine& e);
+    // Takes over a busy mark already made (EnterBusy).
+    BusyScope(SyncEngine& e, std::adopt_lock_t) : e_(e) {}
     ~BusyScope();
 
    private:
@@ -173,6 +175,9 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
 
   bool Connected() const;
   bool Idle();
+  // Marks a worker busy unless a Stop() came since it started (one critical section,
+  // so Stop never misses a worker about to take). False: the worker must exit.
+  bool EnterBusy(uint64_t generation);
   // Stop(drain=true): until the queue is empty and nothing is busy, or the timeout.
   bool WaitDrained(std::optional<double> timeout);
   void WorkerLoop(uint64_t generation);
@@ -180,14 +185,16 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   // not exist here. Forgets them (never joined, never destroyed) and returns true.
   // Needs mu_.
   bool AbandonForeignWorkersLocked();
-  ProcessingSummary Deliver(std::vector<Operation> ops);
+  // `probe`: these ops are the outage gate's probe.
+  ProcessingSummary Deliver(std::vector<Operation> ops, bool probe = false);
   void Apply(const Operation& op, const DeliveryResult& r, ProcessingSummary& summary);
   // `network`: the failure was no server's answer (does not count toward max_attempts).
   void RetryOrBury(const Operation& op, double delay, const std::string& error, bool network,
                    ProcessingSummary& summary);
   double RetryAfterDelay(const Operation& op, double server_delay);
-  // Puts an op this engine took but did not send back in the queue, due at once.
-  void PutBack(const Operation& op, const std::string& why);
+  // Puts an op this engine took but did not send back in the queue, due at once (not
+  // an attempt); if even that cannot be written, it is kept for ReleaseLeftovers.
+  void PutBack(const Operation& op);
   void Bury(const Operation& op, const std::string& reason, ProcessingSummary& summary);
   std::shared_ptr<BackoffStrategy> BackoffFor(int64_t id);
   void Forget(int64_t id);
@@ -200,18 +207,38 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   // opens it on reconnect.
   struct OutageGate {
     std::mutex mu;
-    int64_t failures = 0;  // consecutive network failures
-    double until = 0;      // no take before this (clock time)
-    bool probing = false;  // one op is out probing
-    void Open();
+    int64_t failures = 0;       // consecutive network failures (0: open)
+    double until = 0;           // no take before this (clock time)
+    bool probing = false;       // one op is out probing
+    uint64_t probe = 0;         // the current probe's token
+    double probe_deadline = 0;  // a probe still out then counts as lost: another may go
+    uint64_t epoch = 0;         // bumped by Open: a step computed before it is stale
+    // Opens the gate; true when it was closed.
+    bool Open();
   };
-  // How many ops a take may lease now: 0 (and *wake_at set) while the gate holds
-  // them back; `wanted` when open; 1 for a probe (then *probe is set: call EndProbe).
-  size_t Allowance(size_t wanted, double now, double* wake_at, bool* probe);
-  void EndProbe();
-  // After a transport call: an answer opens the gate, a network failure closes it
-  // for the next step.
-  void NoteOutcome(bool answered, bool network);
+  // A probe this thread holds, ended when it goes out of scope.
+  class ProbeScope {
+   public:
+    ProbeScope(SyncEngine& e, uint64_t token) : e_(e), token_(token) {}
+    ~ProbeScope() { End(); }
+    ProbeScope(const ProbeScope&) = delete;
+    ProbeScope& operator=(const ProbeScope&) = delete;
+    bool held() const { return token_ != 0; }
+    // Ends the probe now (without waking anyone: only an answer does that).
+    void End();
+
+   private:
+    SyncEngine& e_;
+    uint64_t token_;
+  };
+  // How many ops a take may lease now: `wanted` while the gate is open; 0 while it
+  // holds them back (then *wake_at says until when, at the latest); 1 for a probe
+  // (then *probe is its token, non-zero).
+  size_t Allowance(size_t wanted, double now, double* wake_at, uint64_t* probe);
+  // After a transport call: an answer opens the gate; a network failure closes it,
+  // or (the probe's failure) takes it one step further. No lock held while the
+  // backoff (maybe Python) computes the step.
+  void NoteOutcome(bool answered, bool network, bool probe);
 
   // Listeners live apart from the engine, so the monitor observer (which may still
   // run while the engine is destroyed) holds them, not the engine.

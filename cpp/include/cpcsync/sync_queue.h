@@ -48,6 +48,9 @@ class SyncQueue {
   // response): the failure is counted in op.network_failures, not op.attempts.
   void Retry(int64_t id, double delay, const std::optional<std::string>& error,
              bool network = false);
+  // Puts an op this consumer took but never sent back, due now: not an attempt, and
+  // its last_error unchanged (an engine stopped or interrupted before sending it).
+  void Release(int64_t id);
   void DeadLetter(int64_t id, const std::string& reason);
   std::vector<int64_t> RequeueDead(const std::optional<std::vector<int64_t>>& ids);
   int64_t PurgeDead();
