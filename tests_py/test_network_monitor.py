@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 import pytest
 
 import cpcsync as cs
+from _helpers import TimedProbe
 
 PATIENCE = 30.0  # seconds a test waits for another thread before failing (never a sleep)
 
@@ -448,3 +449,66 @@ def test_tcp_probe_drives_a_monitor() -> None:
     assert not m.is_connected
     assert rec.events == [(True, 0.0), (False, 0.0)]
     m.stop()
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+def test_observers_of_two_monitors_calling_each_other_from_two_threads_do_not_deadlock() -> None:
+    # Each thread delivers its own monitor's transition and, inside that round, changes
+    # the other monitor, whose round the other thread is running. Waiting for that
+    # delivery deadlocked both on the first try.
+    a = cs.NetworkMonitor(connected=False)
+    b = cs.NetworkMonitor(connected=False)
+    barrier = threading.Barrier(2, timeout=PATIENCE)
+
+    def crossing(other: cs.NetworkMonitor) -> Callable[[bool], None]:
+        first = [True]
+
+        def observer(connected: bool) -> None:
+            if not first[0]:
+                return
+            first[0] = False
+            barrier.wait()  # both threads are inside an observer now
+            other.set_connected(False)
+
+        return observer
+
+    a.subscribe(crossing(b))
+    b.subscribe(crossing(a))
+    threads = [threading.Thread(target=m.set_connected, args=(True,), daemon=True) for m in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(PATIENCE)  # bounded: a regression fails here instead of hanging the suite
+    assert not any(t.is_alive() for t in threads), "set_connected() deadlocked"
+    assert a.wait_until(False, timeout=0.0) and b.wait_until(False, timeout=0.0)
+    assert a.stats()["transitions"] == b.stats()["transitions"] == 2
+
+
+def test_interval_below_one_millisecond_is_refused() -> None:
+    for bad in (1e-9, 0.0009):
+        with pytest.raises(cs.InvalidArgumentError, match="interval"):
+            cs.NetworkMonitor(probe=lambda: True, interval=bad)
+    cs.NetworkMonitor(probe=lambda: True, interval=0.001)
+
+
+def test_probe_times_strictly_advance_on_a_clock_where_now_plus_interval_is_now() -> None:
+    # At 1e17 s a double has steps of 16 s: now + 1 == now. The monitor spun at 100%
+    # CPU holding its mutex, probing over and over at one instant.
+    clock = cs.VirtualClock(start=1e17)
+    probe = TimedProbe(clock)
+    m = cs.NetworkMonitor(probe=probe, interval=1.0, clock=clock)
+    try:
+        m.start()
+        assert probe.wait_calls(1, PATIENCE)
+        assert m.wait_for_probes(1)
+        # No second probe while time stands still (a spinning monitor shows itself
+        # within this bounded wait).
+        assert not probe.wait_calls(2, 0.3)
+        clock.advance(16.0)  # one step of the double
+        assert probe.wait_calls(2, PATIENCE)
+    finally:
+        m.stop()
+    times = probe.times
+    assert all(x < y for x, y in itertools.pairwise(times)), times

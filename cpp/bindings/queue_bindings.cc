@@ -1,6 +1,7 @@
 // cpcsync.SyncQueue and cpcsync.Operation.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
@@ -120,7 +121,7 @@ py::dict StatsDict(SyncQueue& q) {
   {
     MaybeRelease release(q);
     s = q.Stats();
-    now = q.clock()->Now();
+    now = q.clock()->Monotonic();
   }
   py::dict d;
   d["pending"] = s.pending;
@@ -131,9 +132,10 @@ py::dict StatsDict(SyncQueue& q) {
   py::dict by_priority;
   for (auto& [p, n] : s.by_priority) by_priority[py::int_(p)] = n;
   d["by_priority"] = by_priority;
-  d["oldest_pending_age"] = s.oldest_pending_created_at
-                                ? py::object(py::float_(now - *s.oldest_pending_created_at))
-                                : py::object(py::none());
+  d["oldest_pending_age"] =
+      s.oldest_pending_created_at
+          ? py::object(py::float_(std::max(0.0, now - *s.oldest_pending_created_at)))
+          : py::object(py::none());
   d["next_due_in"] = s.next_due ? py::object(py::float_(std::max(0.0, *s.next_due - now)))
                                 : py::object(py::none());
   return d;

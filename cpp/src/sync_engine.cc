@@ -47,7 +47,7 @@ class DeliveringScope {
 double DeadlineAfter(const Clock& clock, std::optional<double> timeout) {
   if (!timeout) return kForever;
   if (std::isnan(*timeout) || *timeout < 0) ThrowInvalid("timeout must be >= 0");
-  return clock.Now() + *timeout;
+  return clock.Monotonic() + *timeout;
 }
 
 }  // namespace
@@ -208,7 +208,7 @@ void SyncEngine::Bury(const Operation& op, const std::string& reason, Processing
 
 void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::string& error,
                              ProcessingSummary& summary) {
-  const double now = clock_->Now();
+  const double now = clock_->Monotonic();
   const bool out_of_attempts = op.attempts >= options_.max_attempts;
   const bool out_of_time = options_.max_elapsed && op.first_attempt_at &&
                            now - *op.first_attempt_at >= *options_.max_elapsed;
@@ -250,7 +250,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       {
         std::lock_guard lock(mu_);
         stats_.delivered += 1;
-        const double latency = std::max(0.0, clock_->Now() - op.created_at);
+        const double latency = std::max(0.0, clock_->Monotonic() - op.created_at);
         if (stats_.latencies.size() < kLatencySamples) {
           stats_.latencies.push_back(latency);
         } else {
@@ -467,14 +467,14 @@ ProcessingSummary SyncEngine::Drain(std::optional<double> timeout) {
     const uint64_t seen = waiter->Generation();
     total.Add(ProcessOnce());
     if (total.interrupted) return total;
-    if (queue_->Count() == 0 || clock_->Now() >= deadline) return total;
+    if (queue_->Count() == 0 || clock_->Monotonic() >= deadline) return total;
     if (!Connected()) {
       waiter->WaitUntil(seen, deadline);  // a monitor transition notifies this waiter
       continue;
     }
     auto next = queue_->NextReadyAt();
-    if (!ReleaseLeftovers()) next = std::min(next.value_or(kForever), clock_->Now() + 1.0);
-    if (next && *next <= clock_->Now()) continue;
+    if (!ReleaseLeftovers()) next = std::min(next.value_or(kForever), clock_->Monotonic() + 1.0);
+    if (next && *next <= clock_->Monotonic()) continue;
     waiter->WaitUntil(seen, std::min(deadline, next.value_or(kForever)));
   }
 }
@@ -505,7 +505,7 @@ void SyncEngine::WorkerLoop(uint64_t generation) {
       if (e.code() == ErrorCode::kClosed) return;
       Log().error("sync engine: take failed: {}", e.what());
       busy.reset();
-      waiter->WaitUntil(seen, clock_->Now() + 1.0);
+      waiter->WaitUntil(seen, clock_->Monotonic() + 1.0);
       continue;
     }
     if (ops.empty()) {
@@ -516,8 +516,8 @@ void SyncEngine::WorkerLoop(uint64_t generation) {
         return;
       }
       busy.reset();  // notifies idle waiters
-      if (stuck) next = std::min(next.value_or(kForever), clock_->Now() + 1.0);
-      if (next && *next <= clock_->Now()) continue;
+      if (stuck) next = std::min(next.value_or(kForever), clock_->Monotonic() + 1.0);
+      if (next && *next <= clock_->Monotonic()) continue;
       waiter->WaitUntil(seen, next.value_or(kForever));
       continue;
     }
@@ -548,7 +548,7 @@ bool SyncEngine::Idle() {
   }
   if (!Connected()) return true;
   const auto next = queue_->NextReadyAt();
-  return !(next && *next <= clock_->Now());
+  return !(next && *next <= clock_->Monotonic());
 }
 
 bool SyncEngine::WaitIdle(std::optional<double> timeout) {
@@ -556,7 +556,7 @@ bool SyncEngine::WaitIdle(std::optional<double> timeout) {
   for (;;) {
     const uint64_t seen = idle_->Generation();
     if (Idle()) return true;
-    if (clock_->Now() >= deadline) return false;
+    if (clock_->Monotonic() >= deadline) return false;
     idle_->WaitUntil(seen, deadline);
   }
 }
