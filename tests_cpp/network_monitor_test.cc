@@ -20,6 +20,9 @@
 #include "cpcsync/errors.h"
 #include "cpcsync/tcp_probe.h"
 
+// Abandon(): a monitor that spins holding its mutex cannot be stopped or destroyed.
+#include "abandon.h"
+
 namespace cpcsync {
 namespace {
 
@@ -622,16 +625,25 @@ class TimedProbe final : public Probe {
 TEST(NetworkMonitor, NextProbeTimeStrictlyAdvancesWhereNowPlusIntervalEqualsNow) {
   auto clock = std::make_shared<VirtualClock>(1e17);
   auto probe = std::make_shared<TimedProbe>(clock);
-  NetworkMonitor m(Opts(false, 1.0), probe, clock);
-  m.Start();
-  ASSERT_TRUE(m.WaitForProbes(1));
-  // Nothing may happen until time moves. (A spinning monitor calls again at once;
-  // this bounded wait is how long we give it to show itself.)
-  EXPECT_FALSE(probe->WaitCalls(2, std::chrono::milliseconds(300)));
-  EXPECT_EQ(m.Stats().probe_timeouts, 0u);
+  auto m = std::make_shared<NetworkMonitor>(Opts(false, 1.0), probe, clock);
+  m->Start();
+  ASSERT_TRUE(probe->WaitCalls(1, kPatience));
+  // Nothing may happen until time moves. A spinning monitor probes again at once,
+  // at the same instant, and holds its mutex all the while: then every call on it
+  // would block, so it is left behind (leaked) and the test fails instead of hanging.
+  // (This bounded wait is how long we give it to show itself.)
+  if (probe->WaitCalls(2, std::chrono::milliseconds(300))) {
+    const auto times = probe->times();
+    if (times[1] <= times[0]) {
+      Abandon(std::move(m));
+      FAIL() << "the monitor probed twice at t=" << times[0] << " (spinning)";
+    }
+  }
+  ASSERT_TRUE(m->WaitForProbes(1));
+  EXPECT_EQ(m->Stats().probe_timeouts, 0u);
   clock->AdvanceTo(std::nextafter(1e17, 1e18));  // one step of the double
   ASSERT_TRUE(probe->WaitCalls(2, kPatience));
-  m.Stop();
+  m->Stop();
   const auto times = probe->times();
   for (size_t i = 1; i < times.size(); ++i) EXPECT_LT(times[i - 1], times[i]) << i;
 }
