@@ -123,8 +123,18 @@ def monitor() -> dict[str, Any]:
     return {"ok": ok, "elapsed": elapsed}
 
 
+def anchor() -> dict[str, Any]:
+    """Where this process's monotonic timeline sits (started with its wall clock off)."""
+    clock = cs.SystemClock()
+    handshake()
+    return {
+        "offset": clock.now() - time.monotonic(),
+        "wall": time.time(),
+    }
+
+
 SCENARIOS: dict[str, Callable[[], dict[str, Any]]] = {
-    f.__name__: f for f in (retry, wait, drain, ttl, age, monitor)
+    f.__name__: f for f in (retry, wait, drain, ttl, age, monitor, anchor)
 }
 
 

@@ -31,7 +31,7 @@ def test_system_clock_wall_is_wall_time_and_now_is_monotonic() -> None:
     clock = cs.SystemClock()
     assert not clock.is_virtual
     assert abs(clock.wall() - time.time()) < 5.0
-    # now() is the steady clock (anchored once per boot): it moves with
+    # now() is the monotonic boot-time clock (anchored once per boot): it moves with
     # time.monotonic(), whatever the wall clock does.
     before_now, before_mono = clock.now(), time.monotonic()
     later_now, later_mono = clock.now(), time.monotonic()

@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+import cpcsync as cs
+
 HERE = Path(__file__).resolve().parent
 CHILD = HERE / "_faketime_child.py"
 LIBFAKETIME_CANDIDATES = [
@@ -43,9 +45,9 @@ pytestmark = pytest.mark.skipif(
 class FakedChild:
     """A child process whose wall clock this object steps."""
 
-    def __init__(self, scenario: str, tmp_path: Path) -> None:
+    def __init__(self, scenario: str, tmp_path: Path, start: float = 0.0) -> None:
         self.control = tmp_path / "faketime"
-        self.control.write_text("+0\n")
+        self.control.write_text(f"{start:+g}\n")
         env = dict(os.environ)
         env.update(
             LD_PRELOAD=str(LIBFAKETIME),
@@ -166,3 +168,24 @@ def test_a_02s_monitor_keeps_probing_across_a_step(tmp_path: Path, step: float) 
     r = run("monitor", step, tmp_path)
     assert r["ok"], r  # one probe in 3 s
     assert r["elapsed"] < 10.0, r
+
+
+def test_processes_started_on_either_side_of_a_step_share_one_timeline(tmp_path: Path) -> None:
+    # A web worker started after an NTP step must store times on the consumer's
+    # timeline, or its ops look due an hour (or years) late to the consumer. The
+    # anchor is shared per user and boot (/dev/shm); this process made it first.
+    here = cs.SystemClock()
+    our_offset = here.now() - time.monotonic()
+    boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    if not Path(f"/dev/shm/cpcsync-clock-{os.geteuid()}-{boot_id}").exists():
+        pytest.skip("no shared anchor here (no /dev/shm): each process anchors alone")
+    child = FakedChild("anchor", tmp_path, start=3600.0)  # its wall clock an hour ahead
+    try:
+        child.expect("ready")
+        child.step(3600.0)
+        child.expect("stepped")
+        r = json.loads(child.expect("result"))
+    finally:
+        child.close()
+    assert r["wall"] - time.time() > 3000.0, r  # libfaketime really moved its wall clock
+    assert abs(r["offset"] - our_offset) < 1.0, (r, our_offset)

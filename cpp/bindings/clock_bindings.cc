@@ -25,7 +25,7 @@ its step_wall() steps). It can jump either way; only HLC stamps use it.)doc")
 
   py::class_<SystemClock, Clock, std::shared_ptr<SystemClock>>(m, "SystemClock",
                                                                R"doc(
-The system's clocks: now() is the steady (monotonic) clock anchored to wall time,
+The system's clocks: now() is the monotonic boot-time clock anchored to wall time,
 wall() the real wall clock.)doc")
       .def(py::init<>());
 

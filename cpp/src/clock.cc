@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -26,7 +27,17 @@ double WallSeconds() {
   return duration<double>(system_clock::now().time_since_epoch()).count();
 }
 
+// The monotonic source: CLOCK_BOOTTIME where there is one (it never jumps, and unlike
+// CLOCK_MONOTONIC it counts time the machine spent suspended, so a retry or a TTL
+// counts a night in suspend and stored times stay near the wall clock of the boot),
+// else the steady clock.
 double SteadySeconds() {
+#ifdef CLOCK_BOOTTIME
+  struct timespec ts {};
+  if (::clock_gettime(CLOCK_BOOTTIME, &ts) == 0) {
+    return static_cast<double>(ts.tv_sec) + static_cast<double>(ts.tv_nsec) * 1e-9;
+  }
+#endif
   using namespace std::chrono;
   return duration<double>(steady_clock::now().time_since_epoch()).count();
 }

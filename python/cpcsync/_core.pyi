@@ -71,7 +71,7 @@ class Clock:
 
 class SystemClock(Clock):
     """
-    The system's clocks: now() is the steady (monotonic) clock anchored to wall time,
+    The system's clocks: now() is the monotonic boot-time clock anchored to wall time,
     wall() the real wall clock.
     """
     def __init__(self) -> None: ...

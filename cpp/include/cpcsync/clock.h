@@ -9,7 +9,7 @@
 //    deadline and every time a queue stores (created_at, next_attempt_at,
 //    expires_at...). It never jumps: a wall-clock step (NTP correcting a device
 //    that booted without a real-time clock) neither hurries nor delays anything.
-//    For SystemClock it is the steady clock anchored to wall time once per boot
+//    For SystemClock it is the boot-time clock anchored to wall time once per boot
 //    (see SystemClock), so its values are still "roughly Unix seconds" and can be
 //    stored and displayed.
 //  - Now(): the wall clock. Used only where wall time is the meaning: hybrid
@@ -54,8 +54,9 @@ class Clock {
   virtual bool AutoAdvance() const { return false; }
 };
 
-// SystemClock::Monotonic() = anchor + steady_clock::now(), where the anchor (wall
-// minus steady time) is taken once: at the first use in the process, from a small
+// SystemClock::Monotonic() = anchor + CLOCK_BOOTTIME (the steady clock where there is
+// none; both never jump, and boot time also counts suspended time), where the anchor
+// (wall minus boot time) is taken once: at the first use in the process, from a small
 // file shared by every process of the same user in the same boot (/dev/shm, keyed by
 // the kernel's boot id) when it can be read or created, so that processes sharing a
 // queue file store times on one timeline even when the wall clock stepped between
@@ -65,7 +66,7 @@ class SystemClock final : public Clock {
  public:
   double Now() const override;
   double Monotonic() const override;
-  // The process's anchor: Monotonic() - steady seconds (for diagnostics and tests).
+  // The process's anchor: Monotonic() minus boot-time seconds (diagnostics, tests).
   static double MonotonicAnchor();
   // A process-wide instance, the default everywhere a clock is optional.
   static std::shared_ptr<Clock> Default();
