@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(g++ cmake ninja-build libsqlite3-dev libspdlog-dev libfmt-dev libgtest-dev
               libgmock-dev libasio-dev nlohmann-json3-dev libbenchmark-dev sqlite3 python3-venv
-              clang-format clang-tidy cppcheck openssl)
+              clang-format clang-tidy cppcheck openssl libfaketime)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

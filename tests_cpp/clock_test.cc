@@ -1,9 +1,16 @@
+#include "cpcsync/clock.h"
+
 #include <gtest/gtest.h>
 
 #include <atomic>
+#include <chrono>
+#include <cmath>
+#include <condition_variable>
+#include <limits>
+#include <mutex>
+#include <optional>
 #include <thread>
 
-#include "cpcsync/clock.h"
 #include "cpcsync/errors.h"
 #include "cpcsync/waiter.h"
 
@@ -77,6 +84,76 @@ TEST(VirtualClock, AutoAdvanceMakesAWaitJumpToItsDeadline) {
   EXPECT_TRUE(woke.load());
   clock->SetAutoAdvance(false);
   EXPECT_FALSE(clock->AutoAdvance());
+}
+
+TEST(VirtualClock, StepWallMovesOnlyTheWallReading) {
+  VirtualClock c(100.0);
+  EXPECT_EQ(c.Now(), 100.0);
+  EXPECT_EQ(c.Monotonic(), 100.0);
+  c.StepWall(-20.0);  // NTP steps the wall clock back: waits must not notice
+  EXPECT_EQ(c.Now(), 80.0);
+  EXPECT_EQ(c.Monotonic(), 100.0);
+  c.Advance(2.0);  // both move
+  EXPECT_EQ(c.Now(), 82.0);
+  EXPECT_EQ(c.Monotonic(), 102.0);
+  c.StepWall(3.0e7);  // a year forward, as a device without an RTC at its first sync
+  EXPECT_EQ(c.Monotonic(), 102.0);
+  EXPECT_EQ(c.Now(), 82.0 + 3.0e7);
+  EXPECT_THROW(c.StepWall(std::numeric_limits<double>::infinity()), SyncError);
+  EXPECT_THROW(c.StepWall(std::numeric_limits<double>::quiet_NaN()), SyncError);
+  c.AdvanceTo(50.0);  // AdvanceTo is on the monotonic timeline: no move back
+  EXPECT_EQ(c.Monotonic(), 102.0);
+}
+
+TEST(SystemClock, MonotonicNeverGoesBackAndHasOneAnchor) {
+  SystemClock a, b;
+  const double anchor = SystemClock::MonotonicAnchor();
+  EXPECT_TRUE(std::isfinite(anchor));
+  double last = a.Monotonic();
+  for (int i = 0; i < 1000; ++i) {
+    const double t = (i % 2 ? a : b).Monotonic();  // every instance, one timeline
+    EXPECT_GE(t, last);
+    last = t;
+  }
+  // It moves like the steady clock (give or take a suspend, which it counts).
+  using std::chrono::steady_clock;
+  const double m0 = a.Monotonic();
+  const auto s0 = steady_clock::now();
+  const double m1 = a.Monotonic();
+  const double s = std::chrono::duration<double>(steady_clock::now() - s0).count();
+  EXPECT_NEAR(m1 - m0, s, 0.5);
+  EXPECT_EQ(SystemClock::MonotonicAnchor(), anchor);
+}
+
+// A deadline is on the monotonic timeline: a wall step back (-20 s) does not delay
+// it (a 2 s wait took 22 s), and a step forward (+60 s) does not end it.
+TEST(Waiter, DeadlinesIgnoreWallClockSteps) {
+  for (const double step : {-20.0, 60.0}) {
+    SCOPED_TRACE(step);
+    auto clock = std::make_shared<VirtualClock>(0.0);
+    auto w = Waiter::Create(clock);
+    std::mutex mu;
+    std::condition_variable cv;
+    std::optional<double> returned_at;
+    const uint64_t seen = w->Generation();
+    std::thread sleeper([&] {
+      const bool woken = w->WaitUntil(seen, 2.0);
+      std::lock_guard lock(mu);
+      returned_at = woken ? -1.0 : clock->Monotonic();
+      cv.notify_all();
+    });
+    clock->StepWall(step);
+    clock->Advance(2.0);
+    {
+      std::unique_lock lock(mu);
+      const bool done =
+          cv.wait_for(lock, std::chrono::seconds(30), [&] { return returned_at.has_value(); });
+      if (!done) w->Close();  // unblock it: the assertion below reports the failure
+      EXPECT_TRUE(done) << "a 2 s wait did not end 2 s later";
+    }
+    sleeper.join();
+    EXPECT_EQ(returned_at.value_or(-2.0), 2.0);  // timed out, and not before t=2
+  }
 }
 
 }  // namespace

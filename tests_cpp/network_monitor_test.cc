@@ -20,6 +20,9 @@
 #include "cpcsync/errors.h"
 #include "cpcsync/tcp_probe.h"
 
+// Abandon(): a monitor that spins holding its mutex cannot be stopped or destroyed.
+#include "abandon.h"
+
 namespace cpcsync {
 namespace {
 
@@ -86,7 +89,7 @@ class Recorder {
   NetworkMonitor::Observer Observer() {
     return [this](bool connected) {
       std::lock_guard lock(mu_);
-      events_.emplace_back(connected, clock_->Now());
+      events_.emplace_back(connected, clock_->Monotonic());
       cv_.notify_all();
     };
   }
@@ -513,6 +516,165 @@ TEST(TcpProbe, DrivesAMonitor) {
   ASSERT_TRUE(m.WaitForProbes(2));
   EXPECT_FALSE(m.IsConnected());
   EXPECT_EQ(rec.events(), (Events{{true, 0.0}, {false, 5.0}}));
+}
+
+// Two monitors whose observers call each other's SetConnected(), from two threads at
+// once: each thread delivers its own monitor's transition and, inside that round,
+// changes the other monitor, whose round the other thread is running. Waiting for
+// that delivery would deadlock both (it did, on the first try).
+TEST(NetworkMonitor, ObserversOfTwoMonitorsCallingEachOtherFromTwoThreadsDoNotDeadlock) {
+  // shared_ptr copies live in the threads: if they deadlock, the test fails and the
+  // threads are left behind (detached) instead of hanging the suite.
+  auto a = std::make_shared<NetworkMonitor>(Opts(false));
+  auto b = std::make_shared<NetworkMonitor>(Opts(false));
+  struct Shared {
+    std::mutex mu;
+    std::condition_variable cv;
+    int inside = 0;  // threads inside their first observer call
+    int done = 0;
+  };
+  auto sh = std::make_shared<Shared>();
+  // Each observer, on its first call, waits until both threads are inside an observer,
+  // then flips the other monitor back to false (a change, as the other thread has
+  // just set it to true).
+  auto cross = [sh](const std::shared_ptr<NetworkMonitor>& other) {
+    auto first = std::make_shared<std::atomic<bool>>(true);
+    std::weak_ptr<NetworkMonitor> weak = other;
+    return [sh, first, weak](bool) {
+      if (!first->exchange(false)) return;
+      {
+        std::unique_lock lock(sh->mu);
+        ++sh->inside;
+        sh->cv.notify_all();
+        sh->cv.wait_for(lock, kPatience, [&] { return sh->inside >= 2; });
+      }
+      if (auto o = weak.lock()) o->SetConnected(false);
+    };
+  };
+  a->Subscribe(cross(b));
+  b->Subscribe(cross(a));
+  auto run = [sh](std::shared_ptr<NetworkMonitor> m) {
+    return std::thread([sh, m] {
+      m->SetConnected(true);
+      std::lock_guard lock(sh->mu);
+      ++sh->done;
+      sh->cv.notify_all();
+    });
+  };
+  std::thread t1 = run(a), t2 = run(b);
+  bool finished;
+  {
+    std::unique_lock lock(sh->mu);
+    finished = sh->cv.wait_for(lock, kPatience, [&] { return sh->done == 2; });
+  }
+  if (!finished) {
+    t1.detach();
+    t2.detach();
+    FAIL() << "SetConnected() from observers of two monitors deadlocked";
+  }
+  t1.join();
+  t2.join();
+  // Every requested transition was delivered: both ended where the observers left them.
+  EXPECT_TRUE(a->WaitUntil(false, 0.0));
+  EXPECT_TRUE(b->WaitUntil(false, 0.0));
+  EXPECT_EQ(a->Stats().transitions, 2u);
+  EXPECT_EQ(b->Stats().transitions, 2u);
+}
+
+TEST(NetworkMonitor, RejectsIntervalsBelowOneMillisecond) {
+  EXPECT_THROW(NetworkMonitor(Opts(false, 1e-9)), SyncError);
+  EXPECT_THROW(NetworkMonitor(Opts(false, 0.000999)), SyncError);
+  try {
+    NetworkMonitor m(Opts(false, 1e-9));
+  } catch (const SyncError& e) {
+    EXPECT_EQ(e.code(), ErrorCode::kInvalidArgument);
+  }
+  EXPECT_NO_THROW(NetworkMonitor(Opts(false, kMinProbeInterval)));
+}
+
+// A probe recording the clock's monotonic time of every call.
+class TimedProbe final : public Probe {
+ public:
+  explicit TimedProbe(std::shared_ptr<Clock> clock) : clock_(std::move(clock)) {}
+  bool Check(double) override {
+    std::lock_guard lock(mu_);
+    times_.push_back(clock_->Monotonic());
+    cv_.notify_all();
+    return true;
+  }
+  // Waits up to `patience` for n calls.
+  bool WaitCalls(size_t n, std::chrono::milliseconds patience) {
+    std::unique_lock lock(mu_);
+    return cv_.wait_for(lock, patience, [&] { return times_.size() >= n; });
+  }
+  std::vector<double> times() {
+    std::lock_guard lock(mu_);
+    return times_;
+  }
+
+ private:
+  std::shared_ptr<Clock> clock_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<double> times_;
+};
+
+// At 1e17 s a double has steps of 16 s: now + 1 == now. The next probe (and the
+// probe's deadline) must still be strictly later, or the monitor's thread spins,
+// probing over and over at one instant.
+TEST(NetworkMonitor, NextProbeTimeStrictlyAdvancesWhereNowPlusIntervalEqualsNow) {
+  auto clock = std::make_shared<VirtualClock>(1e17);
+  auto probe = std::make_shared<TimedProbe>(clock);
+  auto m = std::make_shared<NetworkMonitor>(Opts(false, 1.0), probe, clock);
+  m->Start();
+  ASSERT_TRUE(probe->WaitCalls(1, kPatience));
+  // Nothing may happen until time moves. A spinning monitor probes again at once,
+  // at the same instant, and holds its mutex all the while: then every call on it
+  // would block, so it is left behind (leaked) and the test fails instead of hanging.
+  // (This bounded wait is how long we give it to show itself.)
+  if (probe->WaitCalls(2, std::chrono::milliseconds(300))) {
+    const auto times = probe->times();
+    if (times[1] <= times[0]) {
+      Abandon(std::move(m));
+      FAIL() << "the monitor probed twice at t=" << times[0] << " (spinning)";
+    }
+  }
+  ASSERT_TRUE(m->WaitForProbes(1));
+  EXPECT_EQ(m->Stats().probe_timeouts, 0u);
+  clock->AdvanceTo(std::nextafter(1e17, 1e18));  // one step of the double
+  ASSERT_TRUE(probe->WaitCalls(2, kPatience));
+  m->Stop();
+  const auto times = probe->times();
+  for (size_t i = 1; i < times.size(); ++i) EXPECT_LT(times[i - 1], times[i]) << i;
+}
+
+// The interval runs on the monotonic clock: stepping the wall clock back 60 s (NTP)
+// neither stops probing (it did: "a 0.2 s monitor probed once in 3 s") nor, stepping
+// it forward, hurries a probe.
+TEST(NetworkMonitor, WallClockStepsNeitherStopNorHurryProbing) {
+  for (const double step : {-60.0, 60.0}) {
+    SCOPED_TRACE(step);
+    auto clock = std::make_shared<VirtualClock>(1000.0);
+    auto probe = std::make_shared<TimedProbe>(clock);
+    NetworkMonitor m(Opts(false, 0.2), probe, clock);
+    m.Start();
+    ASSERT_TRUE(m.WaitForProbes(1));
+    clock->StepWall(step);
+    // A probe hurried by the step would come now (bounded wait, then we move on).
+    EXPECT_FALSE(probe->WaitCalls(2, std::chrono::milliseconds(100)));
+    clock->Advance(0.2);
+    ASSERT_TRUE(probe->WaitCalls(2, kPatience)) << "no probe 0.2 s after a wall step";
+    ASSERT_TRUE(m.WaitForProbes(2));  // applied: advancing cannot time it out
+    clock->StepWall(step);
+    clock->Advance(0.2);
+    ASSERT_TRUE(probe->WaitCalls(3, kPatience));
+    m.Stop();
+    const auto times = probe->times();
+    ASSERT_GE(times.size(), 3u);
+    EXPECT_DOUBLE_EQ(times[0], 1000.0);
+    EXPECT_DOUBLE_EQ(times[1], 1000.2);  // not earlier: a forward step hurries nothing
+    EXPECT_DOUBLE_EQ(times[2], 1000.4);
+  }
 }
 
 }  // namespace

@@ -1,4 +1,4 @@
-"""Helpers for the queue tests: snapshots, file fingerprints, and child-process targets.
+"""Helpers for the tests: snapshots, file fingerprints, a timed probe, child-process targets.
 
 The ``child_*`` functions are targets for ``multiprocessing`` with the *spawn*
 start method: they live in a module the child can import by name (pytest puts
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+import threading
 import uuid
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -182,3 +183,23 @@ def recv(conn: Connection, timeout: float = 30.0) -> Any:
 
 def is_root() -> bool:
     return hasattr(os, "geteuid") and os.geteuid() == 0
+
+
+class TimedProbe:
+    """A probe callable that records ``clock.now()`` at every call and answers True."""
+
+    def __init__(self, clock: cs.Clock) -> None:
+        self.clock = clock
+        self.times: list[float] = []
+        self._cond = threading.Condition()
+
+    def __call__(self) -> bool:
+        with self._cond:
+            self.times.append(self.clock.now())
+            self._cond.notify_all()
+        return True
+
+    def wait_calls(self, n: int, timeout: float) -> bool:
+        """Waits up to ``timeout`` real seconds until there were ``n`` calls."""
+        with self._cond:
+            return self._cond.wait_for(lambda: len(self.times) >= n, timeout=timeout)

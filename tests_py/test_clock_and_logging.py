@@ -25,12 +25,30 @@ def test_virtual_clock_moves_only_when_advanced() -> None:
         clock.advance(float("nan"))
 
 
-def test_system_clock_is_wall_time() -> None:
+def test_system_clock_wall_is_wall_time_and_now_is_monotonic() -> None:
     import time
 
     clock = cs.SystemClock()
     assert not clock.is_virtual
-    assert abs(clock.now() - time.time()) < 5.0
+    assert abs(clock.wall() - time.time()) < 5.0
+    # now() is the monotonic boot-time clock (anchored once per boot): it moves with
+    # time.monotonic(), whatever the wall clock does.
+    before_now, before_mono = clock.now(), time.monotonic()
+    later_now, later_mono = clock.now(), time.monotonic()
+    assert later_now >= before_now
+    assert abs((later_now - before_now) - (later_mono - before_mono)) < 1.0
+
+
+def test_virtual_clock_step_wall_moves_only_the_wall_reading() -> None:
+    clock = cs.VirtualClock(start=100.0)
+    assert clock.wall() == clock.now() == 100.0
+    clock.step_wall(-20.0)
+    assert (clock.now(), clock.wall()) == (100.0, 80.0)
+    clock.advance(2.0)
+    assert (clock.now(), clock.wall()) == (102.0, 82.0)
+    assert "wall=82" in repr(clock)
+    with pytest.raises(cs.InvalidArgumentError):
+        clock.step_wall(float("inf"))
 
 
 def test_queue_wait_wakes_when_virtual_time_passes_a_delay() -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 import faulthandler
 import gc
 import itertools
+import json
 import logging
 import random
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -448,3 +452,96 @@ def test_tcp_probe_drives_a_monitor() -> None:
     assert not m.is_connected
     assert rec.events == [(True, 0.0), (False, 0.0)]
     m.stop()
+
+
+# --------------------------------------------------------------------------- issue 13
+
+
+def test_observers_of_two_monitors_calling_each_other_from_two_threads_do_not_deadlock() -> None:
+    # Each thread delivers its own monitor's transition and, inside that round, changes
+    # the other monitor, whose round the other thread is running. Waiting for that
+    # delivery deadlocked both on the first try.
+    a = cs.NetworkMonitor(connected=False)
+    b = cs.NetworkMonitor(connected=False)
+    barrier = threading.Barrier(2, timeout=PATIENCE)
+
+    def crossing(other: cs.NetworkMonitor) -> Callable[[bool], None]:
+        first = [True]
+
+        def observer(connected: bool) -> None:
+            if not first[0]:
+                return
+            first[0] = False
+            barrier.wait()  # both threads are inside an observer now
+            other.set_connected(False)
+
+        return observer
+
+    a.subscribe(crossing(b))
+    b.subscribe(crossing(a))
+    threads = [threading.Thread(target=m.set_connected, args=(True,), daemon=True) for m in (a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(PATIENCE)  # bounded: a regression fails here instead of hanging the suite
+    assert not any(t.is_alive() for t in threads), "set_connected() deadlocked"
+    assert a.wait_until(False, timeout=0.0) and b.wait_until(False, timeout=0.0)
+    assert a.stats()["transitions"] == b.stats()["transitions"] == 2
+
+
+def test_interval_below_one_millisecond_is_refused() -> None:
+    for bad in (1e-9, 0.0009):
+        with pytest.raises(cs.InvalidArgumentError, match="interval"):
+            cs.NetworkMonitor(probe=lambda: True, interval=bad)
+    cs.NetworkMonitor(probe=lambda: True, interval=0.001)
+
+
+_SPIN_CHILD = """
+import json, sys
+import cpcsync as cs
+sys.path.insert(0, sys.argv[1])
+from _helpers import TimedProbe
+
+clock = cs.VirtualClock(start=1e17)
+probe = TimedProbe(clock)
+m = cs.NetworkMonitor(probe=probe, interval=1.0, clock=clock)
+m.start()
+assert probe.wait_calls(1, 30.0)
+# No second probe while time stands still (a spinning monitor shows itself within
+# this bounded wait).
+probe.wait_calls(2, 0.3)
+print(json.dumps(probe.times[:2]), flush=True)
+assert m.wait_for_probes(1)
+clock.advance(16.0)  # one step of the double
+assert probe.wait_calls(2, 30.0)
+m.stop()
+print(json.dumps(probe.times), flush=True)
+"""
+
+
+def _text(data: bytes | str | None) -> str:
+    return data.decode() if isinstance(data, bytes) else (data or "")
+
+
+def test_probe_times_strictly_advance_on_a_clock_where_now_plus_interval_is_now() -> None:
+    # At 1e17 s a double has steps of 16 s: now + 1 == now. The monitor spun at 100%
+    # CPU holding its mutex (so nothing could stop it), probing again and again at one
+    # instant. In a child process, so a regression fails (timeout) instead of hanging.
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", _SPIN_CHILD, str(Path(__file__).parent)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        out, err, hung = proc.stdout, proc.stderr, False
+    except subprocess.TimeoutExpired as e:  # the child is killed
+        out, err, hung = _text(e.stdout), _text(e.stderr), True
+    lines = out.splitlines()
+    assert lines, err
+    first = json.loads(lines[0])
+    assert len(first) == 1, f"probed twice at t={first[0]:g} without time moving"
+    assert not hung and proc.returncode == 0, err
+    times = json.loads(lines[-1])
+    assert len(times) >= 2
+    assert all(x < y for x, y in itertools.pairwise(times)), times

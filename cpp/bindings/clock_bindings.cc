@@ -10,16 +10,28 @@ void InitClock(py::module_& m) {
   py::class_<Clock, std::shared_ptr<Clock>>(m, "Clock", R"doc(
 Base class of cpcsync's clocks: the only source of time for queues, monitors and
 engines. Use SystemClock (the default) or VirtualClock in tests.)doc")
-      .def("now", &Clock::Now, "Seconds since the clock's epoch (Unix epoch for SystemClock).")
+      .def("now", &Clock::Monotonic, R"doc(
+Seconds on the clock's monotonic timeline: the time base of every wait, timeout,
+interval, backoff delay and of the times a queue stores (op.created_at,
+op.next_attempt_at, ...). It never jumps when the wall clock is stepped. For
+SystemClock it is anchored to the wall clock once per boot, so it reads as roughly
+Unix seconds (but is not the wall clock after a step); compare it with
+time.monotonic() differences, not with time.time().)doc")
+      .def("wall", &Clock::Now, R"doc(
+The wall clock in seconds since the Unix epoch (or the VirtualClock's start, plus
+its step_wall() steps). It can jump either way; only HLC stamps use it.)doc")
       .def_property_readonly("is_virtual", &Clock::IsVirtual,
                              "True when time moves only by advance().");
 
   py::class_<SystemClock, Clock, std::shared_ptr<SystemClock>>(m, "SystemClock",
-                                                               "The real wall clock.")
+                                                               R"doc(
+The system's clocks: now() is the monotonic boot-time clock anchored to wall time,
+wall() the real wall clock.)doc")
       .def(py::init<>());
 
   py::class_<VirtualClock, Clock, std::shared_ptr<VirtualClock>>(m, "VirtualClock", R"doc(
-A clock that moves only when advance() is called. Anything waiting on it (queue
+A clock that moves only when advance() is called (both now() and wall()), or
+step_wall() (wall() alone). Anything waiting on it (queue
 waits, retries, probes) wakes as soon as virtual time passes its deadline, so a test
 runs hours of retries in milliseconds, deterministically.)doc")
       .def(py::init([](double start, bool auto_advance) {
@@ -37,8 +49,15 @@ runs hours of retries in milliseconds, deterministically.)doc")
            "Move time forward by `seconds` (finite, >= 0) and wake whatever waits on it.")
       .def("advance_to", &VirtualClock::AdvanceTo, py::arg("t"),
            py::call_guard<py::gil_scoped_release>(), "Move time to `t` if it is later than now.")
+      .def("step_wall", &VirtualClock::StepWall, py::arg("seconds"),
+           py::call_guard<py::gil_scoped_release>(),
+           "Step only the wall clock (wall()) by `seconds`, either sign, as NTP does to a "
+           "device without a real-time clock. now() does not move, so nothing that waits "
+           "is hurried or delayed by it; HLC stamps see the new wall time.")
       .def("__repr__", [](const VirtualClock& c) {
-        return "VirtualClock(now=" + std::to_string(c.Now()) + ")";
+        const double now = c.Monotonic(), wall = c.Now();
+        if (wall == now) return "VirtualClock(now=" + std::to_string(now) + ")";
+        return "VirtualClock(now=" + std::to_string(now) + ", wall=" + std::to_string(wall) + ")";
       });
 
   py::class_<HybridLogicalClock, std::shared_ptr<HybridLogicalClock>>(m, "HybridLogicalClock",

@@ -2,6 +2,7 @@
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "bindings.h"
@@ -191,7 +192,7 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
               py::gil_scoped_release release;
               s = e.Stats();
               q = e.queue()->Stats();
-              now = e.clock()->Now();
+              now = e.clock()->Monotonic();
             }
             py::dict d;
             d["delivered"] = s.delivered;
@@ -214,9 +215,10 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
             for (auto& [p, n] : q.by_priority) depth[py::int_(p)] = n;
             d["depth_by_priority"] = depth;
             d["pending"] = q.pending;
-            d["oldest_pending_age"] = q.oldest_pending_created_at
-                                          ? py::cast(now - *q.oldest_pending_created_at)
-                                          : py::none();
+            d["oldest_pending_age"] =
+                q.oldest_pending_created_at
+                    ? py::cast(std::max(0.0, now - *q.oldest_pending_created_at))
+                    : py::none();
             py::dict lat;
             lat["p50"] = Percentile(s.latencies, 0.50);
             lat["p90"] = Percentile(s.latencies, 0.90);

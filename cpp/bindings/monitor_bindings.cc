@@ -201,15 +201,18 @@ the probe runs one check and returns a bool.)doc")
 Whether the network is usable, and who to tell when that changes.
 
 The state changes by set_connected(), or, once start() was called, by running
-`probe` every `interval` seconds on `clock`: `up_after` consecutive successes bring
-it online, `down_after` consecutive failures take it offline. A probe that returns
-false, raises, or runs longer than `probe_timeout` (default: the probe's own
-timeout, else `interval`) is a failure. report_failure()/report_success() make a
-probing monitor probe at once. With min_transition_interval > 0, transitions are
-at least that far apart: a change requested sooner is applied when the window ends
-if it is still wanted (flap damping). Observers `fn(connected: bool)` are called
-once per transition, in subscription order, on the thread that caused it; one that
-raises is logged and counted (observer_errors).)doc")
+`probe` every `interval` seconds (at least 0.001) on `clock`'s monotonic
+timeline: `up_after` consecutive successes bring it online, `down_after`
+consecutive failures take it offline. A probe that returns false, raises, or runs
+longer than `probe_timeout` (default: the probe's own timeout, else `interval`) is
+a failure. report_failure()/report_success() make a probing monitor probe at once.
+With min_transition_interval > 0, transitions are at least that far apart: a
+change requested sooner is applied when the window ends if it is still wanted
+(flap damping). Observers `fn(connected: bool)` are called once per transition, in
+subscription order, on the thread that caused it; one that raises is logged and
+counted (observer_errors). Observers may call set_connected() of this or another
+monitor (it then returns without waiting for its delivery, which follows the
+current round).)doc")
       .def(py::init([](py::handle connected, py::handle probe, py::handle interval,
                        py::handle up_after, py::handle down_after, std::shared_ptr<Clock> clock,
                        py::handle min_transition_interval, py::handle probe_timeout) {

@@ -1,6 +1,7 @@
 // cpcsync.SyncQueue and cpcsync.Operation.
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <cmath>
 #include <optional>
 
@@ -120,7 +121,7 @@ py::dict StatsDict(SyncQueue& q) {
   {
     MaybeRelease release(q);
     s = q.Stats();
-    now = q.clock()->Now();
+    now = q.clock()->Monotonic();
   }
   py::dict d;
   d["pending"] = s.pending;

@@ -140,7 +140,7 @@ bool FaultyTransport::PartitionedAt(double t) const {
 }
 
 bool FaultyTransport::Partitioned() const {
-  const double now = clock_->Now();
+  const double now = clock_->Monotonic();
   std::lock_guard lock(mu_);
   return PartitionedAt(now);
 }
@@ -185,7 +185,7 @@ DeliveryResult FaultyTransport::Send(const Operation& op) {
 std::vector<DeliveryResult> FaultyTransport::SendBatch(const std::vector<Operation>& ops) {
   std::vector<DeliveryResult> out(ops.size());
   if (ops.empty()) return out;
-  const double start = clock_->Now();
+  const double start = clock_->Monotonic();
   bool partitioned;
   double latency = 0;
   {
@@ -267,7 +267,7 @@ void FaultyTransport::FailNext(int n, const Fault& fault) {
 void FaultyTransport::FailFor(double seconds, Fault fault) {
   CheckSeconds(seconds, "fail_for seconds");
   CheckFault(fault);
-  const double now = clock_->Now();
+  const double now = clock_->Monotonic();
   std::lock_guard lock(mu_);
   fail_windows_.push_back({now, now + seconds, std::move(fault)});
 }
@@ -288,7 +288,7 @@ void FaultyTransport::AddPartition(double start, double end) {
 void FaultyTransport::Flap(double period, int count, std::optional<double> start) {
   if (!std::isfinite(period) || period <= 0) ThrowInvalid("flap: period must be finite and > 0");
   if (count < 0) ThrowInvalid("flap: count must be >= 0");
-  const double t0 = start.value_or(clock_->Now());
+  const double t0 = start.value_or(clock_->Monotonic());
   if (!std::isfinite(t0)) ThrowInvalid("flap: start must be finite");
   std::lock_guard lock(mu_);
   for (int i = 0; i < count; ++i) {

@@ -56,6 +56,27 @@ std::string Guarded(Fn&& fn) {
   }
 }
 
+// Observer rounds this thread is inside, of any monitor. A SetConnected() made from
+// an observer must not wait for another thread's delivery: that thread may itself be
+// inside an observer waiting for ours (two monitors whose observers call each other).
+thread_local int t_observer_depth = 0;
+
+class ObserverScope {
+ public:
+  ObserverScope() { ++t_observer_depth; }
+  ~ObserverScope() { --t_observer_depth; }
+  ObserverScope(const ObserverScope&) = delete;
+  ObserverScope& operator=(const ObserverScope&) = delete;
+};
+
+// `now + delta`, but strictly later than `now` even where floating point cannot
+// represent the sum (a clock at 1e17 s has steps of 16 s): every "next time" advances,
+// so no loop spins on a deadline that is already due.
+double StrictlyAfter(double now, double delta) {
+  const double t = now + delta;
+  return t > now ? t : std::nextafter(now, Waiter::kForever);
+}
+
 void CheckFiniteNonNegative(double v, const char* name) {
   if (!std::isfinite(v) || v < 0) {
     ThrowInvalid(std::string(name) + " must be finite and >= 0");
@@ -73,8 +94,8 @@ class NetworkMonitor::Impl {
         clock_(clock ? std::move(clock) : SystemClock::Default()),
         waiter_(Waiter::Create(clock_)),
         connected_(options_.connected) {
-    if (!std::isfinite(options_.interval) || options_.interval <= 0) {
-      ThrowInvalid("interval must be finite and > 0");
+    if (!std::isfinite(options_.interval) || options_.interval < kMinProbeInterval) {
+      ThrowInvalid("interval must be finite and >= 0.001 (1 ms)");
     }
     if (options_.up_after < 1) ThrowInvalid("up_after must be >= 1");
     if (options_.down_after < 1) ThrowInvalid("down_after must be >= 1");
@@ -120,10 +141,13 @@ class NetworkMonitor::Impl {
 
   void SetConnected(bool state) {
     std::unique_lock lock(mu_);
-    const uint64_t seq = RequestLocked(state, clock_->Now());
+    const uint64_t seq = RequestLocked(state, clock_->Monotonic());
     if (seq == 0) return;  // no change, or deferred by damping
     if (delivering_ && deliverer_ == std::this_thread::get_id()) return;  // from an observer
     DeliverLocked(lock);
+    // Inside an observer of another monitor, the thread delivering ours may be waiting
+    // for this one: it delivers ours after its current round; do not wait for it.
+    if (t_observer_depth > 0) return;
     WaitLocked(lock, Waiter::kForever, [&] { return delivered_seq_ >= seq || shutdown_; });
   }
 
@@ -165,7 +189,7 @@ class NetworkMonitor::Impl {
     if (!probe_ || probing_ || shutdown_) return;
     probing_ = true;
     probe_now_ = false;
-    next_probe_at_ = clock_->Now();
+    next_probe_at_ = clock_->Monotonic();
     consecutive_successes_ = consecutive_failures_ = 0;
     EnsureWorkerLocked();
     waiter_->Notify();
@@ -233,7 +257,7 @@ class NetworkMonitor::Impl {
   double Deadline(std::optional<double> timeout) const {
     if (!timeout) return Waiter::kForever;
     if (std::isnan(*timeout) || *timeout < 0) ThrowInvalid("timeout must be >= 0");
-    return clock_->Now() + *timeout;
+    return clock_->Monotonic() + *timeout;
   }
 
   // Waits (lock released) until pred() holds or the deadline passes on the clock.
@@ -310,6 +334,7 @@ class NetworkMonitor::Impl {
 
   void Notify(const Observer& observer, bool connected) {
     ++observer_calls_;
+    ObserverScope scope;
     const std::string error = Guarded([&] { observer(connected); });
     if (!error.empty()) {
       ++observer_errors_;
@@ -356,7 +381,7 @@ class NetworkMonitor::Impl {
 
   void StartAttemptLocked(double now) {
     auto attempt = std::make_shared<Attempt>();
-    attempt_deadline_ = now + probe_timeout_;
+    attempt_deadline_ = StrictlyAfter(now, probe_timeout_);
     try {
       std::thread([attempt, probe = probe_, waiter = waiter_, timeout = probe_timeout_] {
         bool ok = false;
@@ -383,7 +408,7 @@ class NetworkMonitor::Impl {
     std::unique_lock lock(mu_);
     while (!shutdown_) {
       const uint64_t seen = waiter_->Generation();
-      const double now = clock_->Now();
+      const double now = clock_->Monotonic();
       const double damping = options_.min_transition_interval;
       if (deferred_ && now >= last_transition_at_ + damping) {
         const bool state = *deferred_;
@@ -420,7 +445,7 @@ class NetworkMonitor::Impl {
       } else if (probing_ && (probe_now_ || now >= next_probe_at_)) {
         const double scheduled = probe_now_ ? now : next_probe_at_;
         next_probe_at_ = scheduled + options_.interval;
-        if (next_probe_at_ <= now) next_probe_at_ = now + options_.interval;
+        if (next_probe_at_ <= now) next_probe_at_ = StrictlyAfter(now, options_.interval);
         probe_now_ = false;
         if (abandoned_ && !abandoned_->Done()) {
           // One check at a time: a check abandoned earlier is still running.

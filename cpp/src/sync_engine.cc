@@ -56,7 +56,7 @@ class DeliveringScope {
 double DeadlineAfter(const Clock& clock, std::optional<double> timeout) {
   if (!timeout) return kForever;
   if (std::isnan(*timeout) || *timeout < 0) ThrowInvalid("timeout must be >= 0");
-  return clock.Now() + *timeout;
+  return clock.Monotonic() + *timeout;
 }
 
 }  // namespace
@@ -276,13 +276,13 @@ void SyncEngine::NoteOutcome(bool answered, bool network, bool probe) {
   delay = std::clamp(delay, kMinOutageStep, options_.max_retry_after);
   std::lock_guard lock(gate_->mu);
   if (gate_->epoch != epoch) return;  // opened meanwhile (an answer, a reconnect)
-  gate_->until = clock_->Now() + delay;
+  gate_->until = clock_->Monotonic() + delay;
 }
 
 std::optional<double> SyncEngine::NextAttemptAt() {
   auto next = queue_->NextReadyAt();
   if (!next) return next;
-  const double now = clock_->Now();
+  const double now = clock_->Monotonic();
   std::lock_guard lock(gate_->mu);
   if (gate_->failures > 0) {
     next = std::max(*next, gate_->until);
@@ -322,7 +322,7 @@ void SyncEngine::Bury(const Operation& op, const std::string& reason, Processing
 
 void SyncEngine::RetryOrBury(const Operation& op, double delay, const std::string& error,
                              bool network, ProcessingSummary& summary) {
-  const double now = clock_->Now();
+  const double now = clock_->Monotonic();
   // A network failure is no answer from a server: it never uses up attempts.
   const bool out_of_attempts = !network && op.attempts >= options_.max_attempts;
   const bool out_of_time = options_.max_elapsed && op.first_attempt_at &&
@@ -388,7 +388,7 @@ void SyncEngine::Apply(const Operation& op, const DeliveryResult& r, ProcessingS
       {
         std::lock_guard lock(mu_);
         stats_.delivered += 1;
-        const double latency = std::max(0.0, clock_->Now() - op.created_at);
+        const double latency = std::max(0.0, clock_->Monotonic() - op.created_at);
         if (stats_.latencies.size() < kLatencySamples) {
           stats_.latencies.push_back(latency);
         } else {
@@ -619,7 +619,7 @@ ProcessingSummary SyncEngine::ProcessOnce() {
   double wake_at = kForever;
   uint64_t token = 0;
   const size_t n = Allowance(static_cast<size_t>(options_.concurrency) * options_.batch_size,
-                             clock_->Now(), &wake_at, &token);
+                             clock_->Monotonic(), &wake_at, &token);
   if (n == 0) return {};  // the outage gate holds deliveries back (NextAttemptAt says until when)
   ProbeScope probe(*this, token);
   std::vector<Operation> ops = queue_->Take(n);
@@ -644,14 +644,14 @@ ProcessingSummary SyncEngine::Drain(std::optional<double> timeout) {
     const uint64_t seen = waiter->Generation();
     total.Add(ProcessOnce());
     if (total.interrupted) return total;
-    if (queue_->Count() == 0 || clock_->Now() >= deadline) return total;
+    if (queue_->Count() == 0 || clock_->Monotonic() >= deadline) return total;
     if (!Connected()) {
       waiter->WaitUntil(seen, deadline);  // a monitor transition notifies this waiter
       continue;
     }
     auto next = NextAttemptAt();
-    if (!ReleaseLeftovers()) next = std::min(next.value_or(kForever), clock_->Now() + 1.0);
-    if (next && *next <= clock_->Now()) continue;
+    if (!ReleaseLeftovers()) next = std::min(next.value_or(kForever), clock_->Monotonic() + 1.0);
+    if (next && *next <= clock_->Monotonic()) continue;
     waiter->WaitUntil(seen, std::min(deadline, next.value_or(kForever)));
   }
 }
@@ -687,14 +687,14 @@ void SyncEngine::WorkerLoop(uint64_t generation) {
     // Wait at least until then before looking again (1 s while storage refuses writes).
     auto wait_until = [&](std::optional<double> next) {
       busy.reset();  // notifies idle waiters
-      if (stuck) next = std::min(next.value_or(kForever), clock_->Now() + 1.0);
-      if (next && *next <= clock_->Now()) return;
+      if (stuck) next = std::min(next.value_or(kForever), clock_->Monotonic() + 1.0);
+      if (next && *next <= clock_->Monotonic()) return;
       waiter->WaitUntil(seen, next.value_or(kForever));
     };
     double wake_at = kForever;
     uint64_t token = 0;
     const size_t allowed =
-        Allowance(static_cast<size_t>(options_.batch_size), clock_->Now(), &wake_at, &token);
+        Allowance(static_cast<size_t>(options_.batch_size), clock_->Monotonic(), &wake_at, &token);
     if (allowed == 0) {
       // The outage gate: wait for its next step, or for an answer that opens it (it
       // notifies the queue's waiter).
@@ -709,7 +709,7 @@ void SyncEngine::WorkerLoop(uint64_t generation) {
       if (e.code() == ErrorCode::kClosed) return;
       Log().error("sync engine: take failed: {}", e.what());
       probe.End();
-      wait_until(clock_->Now() + 1.0);
+      wait_until(clock_->Monotonic() + 1.0);
       continue;
     }
     {
@@ -732,7 +732,7 @@ void SyncEngine::WorkerLoop(uint64_t generation) {
       } catch (const SyncError& e) {
         if (e.code() == ErrorCode::kClosed) return;
         Log().error("sync engine: reading the next due time failed: {}", e.what());
-        next = clock_->Now() + 1.0;
+        next = clock_->Monotonic() + 1.0;
       }
       wait_until(next);
       continue;
@@ -765,7 +765,7 @@ bool SyncEngine::Idle() {
   }
   if (!Connected()) return true;
   const auto next = NextAttemptAt();
-  return !(next && *next <= clock_->Now());
+  return !(next && *next <= clock_->Monotonic());
 }
 
 bool SyncEngine::WaitIdle(std::optional<double> timeout) {
@@ -773,7 +773,7 @@ bool SyncEngine::WaitIdle(std::optional<double> timeout) {
   for (;;) {
     const uint64_t seen = idle_->Generation();
     if (Idle()) return true;
-    if (clock_->Now() >= deadline) return false;
+    if (clock_->Monotonic() >= deadline) return false;
     idle_->WaitUntil(seen, deadline);
   }
 }

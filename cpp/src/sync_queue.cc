@@ -72,7 +72,7 @@ int64_t SyncQueue::Enqueue(NewOp op) {
   // Reused per thread: a single enqueue allocates no batch.
   thread_local std::vector<StampedOp> batch;
   batch.clear();
-  batch.push_back(Stamp(std::move(op), clock_->Now()));
+  batch.push_back(Stamp(std::move(op), clock_->Monotonic()));
   const int64_t id = storage_->Insert(batch, limits_).front();
   hlc_.Observe(batch.front().hlc);  // the storage may have raised it to follow commit order
   batch.clear();
@@ -82,7 +82,7 @@ int64_t SyncQueue::Enqueue(NewOp op) {
 
 std::vector<int64_t> SyncQueue::EnqueueMany(std::vector<NewOp> ops) {
   auto guard = Guard();
-  const double now = clock_->Now();
+  const double now = clock_->Monotonic();
   std::vector<StampedOp> batch;
   batch.reserve(ops.size());
   for (auto& op : ops) batch.push_back(Stamp(std::move(op), now));
@@ -96,7 +96,7 @@ std::vector<int64_t> SyncQueue::EnqueueMany(std::vector<NewOp> ops) {
 void SyncQueue::EnsureConsumer() {
   if (consumer_.load()) return;
   std::weak_ptr<Waiter> weak = waiter_;
-  storage_->AcquireConsumer(clock_->Now(), [weak] {
+  storage_->AcquireConsumer(clock_->Monotonic(), [weak] {
     if (auto w = weak.lock()) w->Notify();
   });
   consumer_.store(true);
@@ -111,13 +111,13 @@ std::vector<Operation> SyncQueue::Take(size_t n) {
   auto guard = Guard();
   EnsureConsumer();
   if (n == 0) return {};
-  return storage_->Take(n, clock_->Now());
+  return storage_->Take(n, clock_->Monotonic());
 }
 
 void SyncQueue::Ack(int64_t id) {
   auto guard = Guard();
   EnsureConsumer();
-  storage_->Ack(id, clock_->Now());
+  storage_->Ack(id, clock_->Monotonic());
   waiter_->Notify();
 }
 
@@ -126,7 +126,7 @@ void SyncQueue::Retry(int64_t id, double delay, const std::optional<std::string>
   if (!std::isfinite(delay) || delay < 0) ThrowInvalid("delay must be a finite number >= 0");
   auto guard = Guard();
   EnsureConsumer();
-  const double now = clock_->Now();
+  const double now = clock_->Monotonic();
   storage_->Retry(id, now + delay, error, now, network ? RetryKind::kNetwork : RetryKind::kAttempt);
   waiter_->Notify();
 }
@@ -134,7 +134,7 @@ void SyncQueue::Retry(int64_t id, double delay, const std::optional<std::string>
 void SyncQueue::Release(int64_t id) {
   auto guard = Guard();
   EnsureConsumer();
-  const double now = clock_->Now();
+  const double now = clock_->Monotonic();
   storage_->Retry(id, now, std::nullopt, now, RetryKind::kNotSent);
   waiter_->Notify();
 }
@@ -142,7 +142,7 @@ void SyncQueue::Release(int64_t id) {
 void SyncQueue::DeadLetter(int64_t id, const std::string& reason) {
   auto guard = Guard();
   EnsureConsumer();
-  storage_->DeadLetter(id, reason, clock_->Now());
+  storage_->DeadLetter(id, reason, clock_->Monotonic());
   waiter_->Notify();
 }
 
@@ -156,7 +156,7 @@ void SyncQueue::ObserveHlc(uint64_t remote) {
 std::vector<int64_t> SyncQueue::RequeueDead(const std::optional<std::vector<int64_t>>& ids) {
   auto guard = Guard();
   EnsureConsumer();
-  auto out = storage_->RequeueDead(ids, limits_, clock_->Now());
+  auto out = storage_->RequeueDead(ids, limits_, clock_->Monotonic());
   waiter_->Notify();
   return out;
 }
@@ -177,7 +177,7 @@ void SyncQueue::SetBaseVersion(int64_t id, std::optional<int64_t> version,
 std::vector<Operation> SyncQueue::Peek(size_t n) {
   auto guard = Guard();
   if (n == 0) return {};
-  return storage_->Peek(n, clock_->Now());
+  return storage_->Peek(n, clock_->Monotonic());
 }
 
 std::optional<Operation> SyncQueue::Get(int64_t id) {
@@ -212,7 +212,7 @@ bool SyncQueue::Wait(std::optional<double> timeout) {
     auto guard = Guard();
     EnsureConsumer();
   }
-  const double deadline = timeout ? clock_->Now() + *timeout : kInf;
+  const double deadline = timeout ? clock_->Monotonic() + *timeout : kInf;
   for (;;) {
     const uint64_t seen = waiter_->Generation();
     std::optional<double> next;
@@ -220,7 +220,7 @@ bool SyncQueue::Wait(std::optional<double> timeout) {
       auto guard = Guard();
       next = storage_->NextReadyAt();
     }
-    const double now = clock_->Now();
+    const double now = clock_->Monotonic();
     if (next && *next <= now) return true;
     if (now >= deadline) return false;
     waiter_->WaitUntil(seen, std::min(deadline, next.value_or(kInf)));

@@ -51,7 +51,17 @@ class Clock:
     """
     def now(self) -> float:
         """
-        Seconds since the clock's epoch (Unix epoch for SystemClock).
+        Seconds on the clock's monotonic timeline: the time base of every wait, timeout,
+        interval, backoff delay and of the times a queue stores (op.created_at,
+        op.next_attempt_at, ...). It never jumps when the wall clock is stepped. For
+        SystemClock it is anchored to the wall clock once per boot, so it reads as roughly
+        Unix seconds (but is not the wall clock after a step); compare it with
+        time.monotonic() differences, not with time.time().
+        """
+    def wall(self) -> float:
+        """
+        The wall clock in seconds since the Unix epoch (or the VirtualClock's start, plus
+        its step_wall() steps). It can jump either way; only HLC stamps use it.
         """
     @property
     def is_virtual(self) -> bool:
@@ -61,13 +71,15 @@ class Clock:
 
 class SystemClock(Clock):
     """
-    The real wall clock.
+    The system's clocks: now() is the monotonic boot-time clock anchored to wall time,
+    wall() the real wall clock.
     """
     def __init__(self) -> None: ...
 
 class VirtualClock(Clock):
     """
-    A clock that moves only when advance() is called. Anything waiting on it (queue
+    A clock that moves only when advance() is called (both now() and wall()), or
+    step_wall() (wall() alone). Anything waiting on it (queue
     waits, retries, probes) wakes as soon as virtual time passes its deadline, so a test
     runs hours of retries in milliseconds, deterministically.
     """
@@ -88,6 +100,12 @@ class VirtualClock(Clock):
     def advance_to(self, t: float) -> None:
         """
         Move time to `t` if it is later than now.
+        """
+    def step_wall(self, seconds: float) -> None:
+        """
+        Step only the wall clock (wall()) by `seconds`, either sign, as NTP does to a
+        device without a real-time clock. now() does not move, so nothing that waits
+        is hurried or delayed by it; HLC stamps see the new wall time.
         """
 
 class BackoffStrategy:
@@ -737,15 +755,18 @@ class NetworkMonitor:
     Whether the network is usable, and who to tell when that changes.
 
     The state changes by set_connected(), or, once start() was called, by running
-    `probe` every `interval` seconds on `clock`: `up_after` consecutive successes bring
-    it online, `down_after` consecutive failures take it offline. A probe that returns
-    false, raises, or runs longer than `probe_timeout` (default: the probe's own
-    timeout, else `interval`) is a failure. report_failure()/report_success() make a
-    probing monitor probe at once. With min_transition_interval > 0, transitions are
-    at least that far apart: a change requested sooner is applied when the window ends
-    if it is still wanted (flap damping). Observers `fn(connected: bool)` are called
-    once per transition, in subscription order, on the thread that caused it; one that
-    raises is logged and counted (observer_errors).
+    `probe` every `interval` seconds (at least 0.001) on `clock`'s monotonic
+    timeline: `up_after` consecutive successes bring it online, `down_after`
+    consecutive failures take it offline. A probe that returns false, raises, or runs
+    longer than `probe_timeout` (default: the probe's own timeout, else `interval`) is
+    a failure. report_failure()/report_success() make a probing monitor probe at once.
+    With min_transition_interval > 0, transitions are at least that far apart: a
+    change requested sooner is applied when the window ends if it is still wanted
+    (flap damping). Observers `fn(connected: bool)` are called once per transition, in
+    subscription order, on the thread that caused it; one that raises is logged and
+    counted (observer_errors). Observers may call set_connected() of this or another
+    monitor (it then returns without waiting for its delivery, which follows the
+    current round).
     """
     def __init__(
         self,

@@ -29,7 +29,11 @@
 // in that order even when several threads change the state at once: one thread at a
 // time delivers, and SetConnected() returns only after its own transition has been
 // delivered (by itself or by the thread that was delivering), except when called
-// from inside an observer, in which case it is delivered after the current round.
+// from inside an observer (of this or any other monitor), in which case it may
+// return first: the transition is delivered after the current round, by the thread
+// delivering. So observers of two monitors may call each other's SetConnected() from
+// two threads at once without deadlock: no lock, and no wait for a delivery, is held
+// while observers run.
 // An observer that throws is logged and counted (observer_errors) and the others
 // still run. An observer unsubscribed while a round is in progress may still be
 // called in that round.
@@ -52,9 +56,12 @@
 
 namespace cpcsync {
 
+// The shortest probe interval accepted: 1 ms.
+inline constexpr double kMinProbeInterval = 0.001;
+
 struct NetworkMonitorOptions {
   bool connected = false;                // initial state
-  double interval = 5.0;                 // seconds between probes (> 0)
+  double interval = 5.0;                 // seconds between probes (>= kMinProbeInterval)
   int up_after = 1;                      // consecutive successes to go online (>= 1)
   int down_after = 1;                    // consecutive failures to go offline (>= 1)
   double min_transition_interval = 0.0;  // flap damping window in seconds (>= 0)

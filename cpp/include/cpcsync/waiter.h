@@ -34,7 +34,8 @@ class Waiter : public std::enable_shared_from_this<Waiter> {
   void Notify();
   // Wakes sleepers so they re-check the time (called by VirtualClock::Advance).
   void Tick();
-  // Blocks until Generation() != seen, or clock->Now() >= deadline, or Close().
+  // Blocks until Generation() != seen, or clock->Monotonic() >= deadline (deadlines
+  // are on the monotonic timeline), or Close().
   // Returns true when woken by Notify/Close, false when the deadline passed.
   bool WaitUntil(uint64_t seen, double deadline);
   // Like WaitUntil, but bounded by `seconds` of real (steady) time whatever the
