@@ -50,7 +50,11 @@ class FakedChild:
         self.control.write_text(f"{start:+g}\n")
         env = dict(os.environ)
         env.update(
-            LD_PRELOAD=str(LIBFAKETIME),
+            # after any preload already there (make sanitize preloads ASan, which must
+            # come first in the list)
+            LD_PRELOAD=":".join(
+                [p for p in os.environ.get("LD_PRELOAD", "").split(":") if p] + [str(LIBFAKETIME)]
+            ),
             FAKETIME_TIMESTAMP_FILE=str(self.control),
             FAKETIME_NO_CACHE="1",
             FAKETIME_DONT_FAKE_MONOTONIC="1",
