@@ -18,34 +18,15 @@
 
 #include "cpcsync/errors.h"
 #include "cpcsync/sync_engine.h"
+#include "engine_test_util.h"
 #include "fault_sweep_fixture.h"
 
 namespace cpcsync {
 namespace {
 
 using Kind = DeliveryResult::Kind;
-
-// A transport answering from a function; counts calls.
-class FnTransport final : public Transport {
- public:
-  explicit FnTransport(std::function<DeliveryResult(const Operation&)> fn) : fn_(std::move(fn)) {}
-  DeliveryResult Send(const Operation& op) override {
-    calls.fetch_add(1);
-    return fn_(op);
-  }
-  std::atomic<int> calls{0};
-
- private:
-  std::function<DeliveryResult(const Operation&)> fn_;
-};
-
-int64_t Put(SyncQueue& q, const std::string& key) {
-  NewOp op;
-  op.kind = "put";
-  op.key = key;
-  op.payload = "{}";
-  return q.Enqueue(std::move(op));
-}
+using testing::FnTransport;
+using testing::Put;
 
 TEST(EngineOutage, NetworkFailuresNeverDeadLetterWithManyWorkers) {
   auto q = SyncQueue::InMemory(Limits{}, nullptr);

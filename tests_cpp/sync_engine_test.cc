@@ -16,25 +16,14 @@
 #include <string>
 
 #include "cpcsync/errors.h"
+#include "engine_test_util.h"
 
 namespace cpcsync {
 namespace {
 
 using Kind = DeliveryResult::Kind;
-
-// A transport answering from a function; counts calls.
-class FnTransport final : public Transport {
- public:
-  explicit FnTransport(std::function<DeliveryResult(const Operation&)> fn) : fn_(std::move(fn)) {}
-  DeliveryResult Send(const Operation& op) override {
-    calls.fetch_add(1);
-    return fn_(op);
-  }
-  std::atomic<int> calls{0};
-
- private:
-  std::function<DeliveryResult(const Operation&)> fn_;
-};
+using testing::FnTransport;
+using testing::Put;
 
 class ThrowingResolver final : public ConflictResolver {
  public:
@@ -45,14 +34,6 @@ class ThrowingResolver final : public ConflictResolver {
 
 std::shared_ptr<SyncQueue> MemoryQueue(std::shared_ptr<Clock> clock) {
   return SyncQueue::InMemory(Limits{}, std::move(clock));
-}
-
-int64_t Put(SyncQueue& q, const std::string& key) {
-  NewOp op;
-  op.kind = "put";
-  op.key = key;
-  op.payload = "{}";
-  return q.Enqueue(std::move(op));
 }
 
 TEST(SyncEngineRobustness, StopFromAListenerReturnsAndTheWorkerExits) {
