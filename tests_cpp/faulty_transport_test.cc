@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <future>
+#include <stdexcept>
 #include <thread>
 
 #include "cpcsync/errors.h"
@@ -82,10 +83,10 @@ TEST(FaultyTransport, DecisionOrderPartitionThenFailNextThenWindowThenPattern) {
   EXPECT_NE(r.error.find("partitioned"), std::string::npos);
   t.SetPartitioned(false);
   EXPECT_EQ(t.Send(Op(2)).kind, Kind::kRetryAfter);  // fail_next first
-  r = t.Send(Op(3));                                  // then the window
+  r = t.Send(Op(3));                                 // then the window
   EXPECT_EQ(r.kind, Kind::kNetwork);
   EXPECT_NE(r.error.find("reset"), std::string::npos);
-  clock->Advance(10);                                // window over: the pattern
+  clock->Advance(10);  // window over: the pattern
   EXPECT_EQ(t.Send(Op(4)).kind, Kind::kPermanent);
   // The pattern did not advance while earlier rules decided.
   EXPECT_EQ(t.History().size(), 4u);
@@ -96,9 +97,9 @@ TEST(FaultyTransport, ScheduledPartitionsAndFlapping) {
   FaultyTransport t(nullptr, {}, clock);
   t.AddPartition(5, 7);
   t.Flap(1, 2, 10);  // down [10,11) and [12,13)
-  const std::vector<std::pair<double, bool>> expect = {
-      {0, false}, {5, true}, {6.9, true}, {7, false}, {10, true},
-      {11, false}, {12.5, true}, {13, false}, {100, false}};
+  const std::vector<std::pair<double, bool>> expect = {{0, false},   {5, true},   {6.9, true},
+                                                       {7, false},   {10, true},  {11, false},
+                                                       {12.5, true}, {13, false}, {100, false}};
   for (auto [at, down] : expect) {
     clock->AdvanceTo(at);
     EXPECT_EQ(t.Partitioned(), down) << "at " << at;
@@ -222,6 +223,49 @@ TEST(FaultyTransport, BatchDecidesPerOpAndPassesTheRestTogether) {
   EXPECT_EQ(r[1].kind, Kind::kDelivered);
   EXPECT_EQ(inner->seen, (std::vector<int64_t>{2, 3}));
   EXPECT_EQ(t.History().size(), 3u);
+}
+
+// An inner transport that delivers, then throws or reports an interrupted call.
+class Breaking final : public Transport {
+ public:
+  explicit Breaking(int64_t at, bool interrupt) : at_(at), interrupt_(interrupt) {}
+  DeliveryResult Send(const Operation& op) override {
+    seen.push_back(op.id);
+    if (op.id != at_) return DeliveryResult::Delivered();
+    if (!interrupt_) throw std::runtime_error("inner broke");
+    DeliveryResult r = DeliveryResult::Failed(Kind::kTransient, "interrupted: Ctrl-C");
+    r.interrupted = true;
+    return r;
+  }
+  std::vector<int64_t> seen;
+
+ private:
+  int64_t at_;
+  bool interrupt_;
+};
+
+TEST(FaultyTransport, BatchKeepsResultsCollectedBeforeTheInnerTransportThrows) {
+  // Before: results.assign() made the delivered op 1 "transient", so it was resent.
+  auto inner = std::make_shared<Breaking>(2, /*interrupt=*/false);
+  FaultyTransport t(inner, {}, Clock0());
+  auto r = t.SendBatch({Op(1), Op(2), Op(3)});
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_EQ(r[0].kind, Kind::kDelivered);
+  EXPECT_EQ(r[1].kind, Kind::kTransient);
+  EXPECT_NE(r[1].error.find("inner broke"), std::string::npos);
+  EXPECT_EQ(r[2].kind, Kind::kTransient);
+  EXPECT_EQ(inner->seen, (std::vector<int64_t>{1, 2}));
+}
+
+TEST(FaultyTransport, BatchStopsSendingAfterAnInterruptedCall) {
+  auto inner = std::make_shared<Breaking>(2, /*interrupt=*/true);
+  FaultyTransport t(inner, {}, Clock0());
+  auto r = t.SendBatch({Op(1), Op(2), Op(3)});
+  ASSERT_EQ(r.size(), 3u);
+  EXPECT_EQ(r[0].kind, Kind::kDelivered);
+  EXPECT_TRUE(r[1].interrupted);
+  EXPECT_TRUE(r[2].interrupted);  // not sent, put back by the engine
+  EXPECT_EQ(inner->seen, (std::vector<int64_t>{1, 2}));
 }
 
 TEST(FaultyTransport, HealDropsEveryFault) {

@@ -234,16 +234,18 @@ std::vector<DeliveryResult> FaultyTransport::SendBatch(const std::vector<Operati
     if (!inner_) {
       results.assign(pass.size(), DeliveryResult::Delivered());
     } else {
-      try {
-        if (pass.size() > 1 && inner_->SupportsBatch()) {
+      if (pass.size() > 1 && inner_->SupportsBatch()) {
+        try {
           results = inner_->SendBatch(pass);
-        } else {
-          for (const auto& op : pass) results.push_back(inner_->Send(op));
+        } catch (const std::exception& e) {  // which op got through is unknowable: resend all
+          results.assign(pass.size(),
+                         DeliveryResult::Failed(RKind::kTransient,
+                                                std::string("transport threw: ") + e.what()));
         }
-      } catch (const std::exception& e) {
-        results.assign(
-            pass.size(),
-            DeliveryResult::Failed(RKind::kTransient, std::string("transport threw: ") + e.what()));
+      } else {
+        // One call each, as the engine would: earlier results stand when a later
+        // call throws, and nothing more is sent after an interrupted call.
+        results = SendEach(*inner_, pass);
       }
       results.resize(
           pass.size(),

@@ -495,20 +495,8 @@ ProcessingSummary SyncEngine::Deliver(std::vector<Operation> ops, bool probe) {
       std::lock_guard lock(mu_);
       stats_.transport_calls += 1;
     }
-    if (ops.size() > 1 && transport_->SupportsBatch()) {
-      results = transport_->SendBatch(ops);
-    } else {
-      for (const auto& op : ops) {
-        if (!results.empty() && results.back().interrupted) {
-          DeliveryResult not_sent = DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
-                                                           "not sent: the call was interrupted");
-          not_sent.interrupted = true;
-          results.push_back(std::move(not_sent));
-          continue;
-        }
-        results.push_back(transport_->Send(op));
-      }
-    }
+    results = ops.size() > 1 && transport_->SupportsBatch() ? transport_->SendBatch(ops)
+                                                            : SendEach(*transport_, ops);
   } catch (const std::exception& e) {
     results.resize(ops.size(), DeliveryResult::Failed(DeliveryResult::Kind::kTransient, e.what()));
   }

@@ -44,6 +44,14 @@ struct DeliveryResult {
   }
 };
 
+class Transport;
+
+// Sends `ops` one call each, in order, the way the engine does: after an interrupted
+// result the rest are not sent (each gets an interrupted "not sent" result); if a
+// call throws, the results already collected stand and every op from that one on
+// gets a transient failure with the exception's message. One result per op.
+std::vector<DeliveryResult> SendEach(Transport& transport, const std::vector<Operation>& ops);
+
 class Transport {
  public:
   virtual ~Transport() = default;
@@ -51,11 +59,30 @@ class Transport {
   // True when SendBatch sends many ops per request.
   virtual bool SupportsBatch() const { return false; }
   virtual std::vector<DeliveryResult> SendBatch(const std::vector<Operation>& ops) {
-    std::vector<DeliveryResult> out;
-    out.reserve(ops.size());
-    for (const auto& op : ops) out.push_back(Send(op));
-    return out;
+    return SendEach(*this, ops);
   }
 };
+
+inline std::vector<DeliveryResult> SendEach(Transport& transport,
+                                            const std::vector<Operation>& ops) {
+  std::vector<DeliveryResult> out;
+  out.reserve(ops.size());
+  try {
+    for (const auto& op : ops) {
+      if (!out.empty() && out.back().interrupted) {
+        DeliveryResult not_sent = DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
+                                                         "not sent: the call was interrupted");
+        not_sent.interrupted = true;
+        out.push_back(std::move(not_sent));
+        continue;
+      }
+      out.push_back(transport.Send(op));
+    }
+  } catch (const std::exception& e) {
+    out.resize(ops.size(), DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
+                                                  std::string("transport threw: ") + e.what()));
+  }
+  return out;
+}
 
 }  // namespace cpcsync
