@@ -7,6 +7,8 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
+
 import cpcsync as cs
 from cpcsync.testing import SyncServer
 
@@ -121,4 +123,27 @@ def test_stop_drain_on_an_engine_never_started_reports_what_is_left() -> None:
     assert engine.stop(drain=True, timeout=1.0) is True  # nothing queued
     q.enqueue("set", b"x")
     assert engine.stop(drain=True, timeout=1.0) is False  # nobody to deliver it
+    q.close()
+
+
+def test_a_second_start_and_a_second_engine_on_one_handle_are_refused() -> None:
+    # Before: both were silently accepted; two engines on one handle deliver the same
+    # ops twice over (and a second start() started no more workers).
+    q = cs.SyncQueue.in_memory()
+    first = cs.SyncEngine(q, lambda op: None)
+    second = cs.SyncEngine(q, lambda op: None)
+    first.start()
+    try:
+        with pytest.raises(cs.OperationStateError, match="already running"):
+            first.start()
+        with pytest.raises(cs.OperationStateError, match="another SyncEngine"):
+            second.start()
+        with pytest.raises(cs.OperationStateError, match="another SyncEngine"):
+            second.process_once()
+    finally:
+        assert first.stop(timeout=10)
+    second.start()  # the handle is free again
+    assert second.stop(timeout=10)
+    first.start()  # start after stop: allowed
+    assert first.stop(timeout=10)
     q.close()

@@ -134,7 +134,8 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
           "SystemExit raised by the transport stops it: the op is put back and the "
           "exception raised again here.")
       .def("start", &SyncEngine::Start, py::call_guard<py::gil_scoped_release>(),
-           "Start the background workers (concurrency of them).")
+           "Start the background workers (concurrency of them). OperationStateError if this "
+           "engine, or another engine on the same queue handle, is running.")
       .def("stop", &SyncEngine::Stop, py::arg("drain") = false, py::arg("timeout") = py::none(),
            py::call_guard<py::gil_scoped_release>(),
            "Stop the workers. drain=True first waits, connected or not, until the queue is "

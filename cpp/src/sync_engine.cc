@@ -601,6 +601,11 @@ SyncEngine::BusyScope::~BusyScope() {
 }
 
 ProcessingSummary SyncEngine::ProcessOnce() {
+  if (queue_->HeldByAnotherEngine(this)) {
+    throw SyncError(ErrorCode::kOperationState,
+                    "another SyncEngine is running on this queue handle: stop it before "
+                    "delivering with this one");
+  }
   if (!Connected()) return {};
   BusyScope busy(*this);
   ReleaseLeftovers();
@@ -732,9 +737,19 @@ void SyncEngine::WorkerLoop(uint64_t generation) {
 void SyncEngine::Start() {
   std::lock_guard lock(mu_);
   AbandonForeignWorkersLocked();
-  if (!workers_.empty()) return;
+  if (!workers_.empty()) {
+    throw SyncError(ErrorCode::kOperationState,
+                    "the engine is already running: start() twice would not start more "
+                    "workers (use concurrency=); stop() it first");
+  }
+  queue_->ClaimEngine(this);
+  try {
+    queue_->AcquireConsumer();
+  } catch (...) {
+    queue_->ReleaseEngine(this);
+    throw;
+  }
   stopping_ = false;
-  queue_->AcquireConsumer();
   // Workers keep the engine alive: one left inside a hung transport call after
   // Stop() timed out may touch it when the call returns.
   auto self = shared_from_this();
@@ -792,6 +807,7 @@ bool SyncEngine::Stop(bool drain, std::optional<double> timeout) {
     generation_ += 1;
     workers.swap(workers_);
   }
+  queue_->ReleaseEngine(this);
   queue_->waiter()->Notify();
   // The calling thread's own round (a listener calling stop()) finishes after this
   // returns; every other round counts, from before its take (which may wait long on

@@ -131,6 +131,25 @@ void SyncQueue::Retry(int64_t id, double delay, const std::optional<std::string>
   waiter_->Notify();
 }
 
+void SyncQueue::ClaimEngine(const void* engine) {
+  const void* expected = nullptr;
+  if (!engine_.compare_exchange_strong(expected, engine) && expected != engine) {
+    throw SyncError(ErrorCode::kOperationState,
+                    "another SyncEngine is already running on this queue handle: two engines "
+                    "would deliver the same ops; stop it first (or open the queue again)");
+  }
+}
+
+void SyncQueue::ReleaseEngine(const void* engine) {
+  const void* expected = engine;
+  engine_.compare_exchange_strong(expected, nullptr);
+}
+
+bool SyncQueue::HeldByAnotherEngine(const void* engine) const {
+  const void* holder = engine_.load();
+  return holder != nullptr && holder != engine;
+}
+
 void SyncQueue::Release(int64_t id) {
   auto guard = Guard();
   EnsureConsumer();

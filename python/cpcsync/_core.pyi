@@ -1101,7 +1101,8 @@ class SyncEngine:
     def drain(self, timeout: float | None = None) -> ProcessingSummary:
         """Deliver until the queue is empty or `timeout` seconds pass on the engine's clock."""
     def start(self) -> None:
-        """Start the background workers (concurrency of them)."""
+        """Start the background workers (concurrency of them). OperationStateError if
+        this engine, or another engine on the same queue handle, is running."""
     def stop(self, drain: bool = False, timeout: float | None = None) -> bool:
         """Stop the workers. drain=True first waits, connected or not, until the queue
         is empty or ``timeout`` (real seconds) passes. False if it did not drain, or if

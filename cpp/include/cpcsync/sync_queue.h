@@ -57,6 +57,13 @@ class SyncQueue {
   void SetBaseVersion(int64_t id, std::optional<int64_t> version,
                       const std::optional<std::string>& payload);
   void AcquireConsumer();
+  // One running engine per handle: Claim by `engine` (any stable address) succeeds
+  // when no other engine holds the handle; throws SyncError(kOperationState) naming
+  // the conflict otherwise. Release by the holder only.
+  void ClaimEngine(const void* engine);
+  void ReleaseEngine(const void* engine);
+  // True when an engine other than `engine` holds the handle.
+  bool HeldByAnotherEngine(const void* engine) const;
 
   // Inspection.
   std::vector<Operation> Peek(size_t n);
@@ -99,6 +106,7 @@ class SyncQueue {
   mutable std::shared_mutex close_mu_;  // shared by calls, exclusive by Close
   std::atomic<bool> closed_{false};
   std::atomic<bool> consumer_{false};
+  std::atomic<const void*> engine_{nullptr};  // the running engine, if any
   // The process that opened the queue. A handle inherited through fork() is not
   // usable in the child (its SQLite connection and locks are the parent's): every
   // call raises QueueClosedError there, and closing it leaves the parent's state alone.
