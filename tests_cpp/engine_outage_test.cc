@@ -197,6 +197,44 @@ TEST(EngineOutage, AReconnectOpensTheGate) {
   EXPECT_EQ(s.successful, 2);
 }
 
+TEST(EngineBackoff, SequencesOfOpsThatLeftByTtlAreDropped) {
+  // Before: a stateful backoff's per-op sequence stayed for good when its op left by
+  // TTL (or overflow, or purge) instead of by an outcome from the engine.
+  auto clock = std::make_shared<VirtualClock>(0.0);
+  auto q = SyncQueue::InMemory(Limits{}, clock);
+  auto transport = std::make_shared<FnTransport>(
+      [](const Operation&) { return DeliveryResult::Failed(Kind::kTransient, "503"); });
+  EngineOptions options;
+  options.batch_size = 200;
+  options.max_attempts = 100;
+  auto engine = std::make_shared<SyncEngine>(
+      q, transport, nullptr,
+      std::make_shared<ExponentialBackoff>(1.0, 2.0, 5.0, Jitter::kDecorrelated, 7), nullptr,
+      options, clock);
+  auto fail_all_once = [&](int n, std::optional<double> ttl, const std::string& prefix) {
+    for (int i = 0; i < n; ++i) {
+      NewOp op;
+      op.kind = "put";
+      op.key = prefix + std::to_string(i);
+      op.payload = "{}";
+      op.ttl = ttl;
+      q->Enqueue(std::move(op));
+    }
+    for (int taken = 0; taken < n;) {
+      const ProcessingSummary s = engine->ProcessOnce();
+      ASSERT_FALSE(s.retried.empty());
+      taken += static_cast<int>(s.retried.size());
+    }
+  };
+  fail_all_once(1000, 10.0, "ttl");
+  EXPECT_EQ(engine->SequencesForTesting(), 1000u);
+  clock->Advance(20.0);  // every op of the first batch expires (at the next take)
+  fail_all_once(1100, std::nullopt, "live");
+  // The sweep at the 1,024th and 2,048th new sequence dropped the expired ops' ones.
+  EXPECT_LE(engine->SequencesForTesting(), 1100u);
+  EXPECT_GE(engine->SequencesForTesting(), 1024u);
+}
+
 TEST(EngineRetryAfter, HugeIsClampedZeroBacksOffTinyIsFloored) {
   auto clock = std::make_shared<VirtualClock>(0.0);
   auto q = SyncQueue::InMemory(Limits{}, clock);

@@ -28,6 +28,9 @@ constexpr double kMinOutageStep = 0.1;
 // Seconds a probe holds the gate; one still out after that (a transport call hung
 // with no timeout) no longer keeps the other workers from probing.
 constexpr double kProbeGrace = 30.0;
+// Every this many new backoff sequences, those of ops that left the queue without an
+// outcome from the engine (TTL, overflow, purge) are dropped: memory stays bounded.
+constexpr uint64_t kSequenceSweepEvery = 1024;
 
 // The engine whose Deliver() runs on this thread, and how many of its ops it has in
 // flight: Stop() called from a listener does not wait for its own caller's ops.
@@ -294,10 +297,47 @@ std::optional<double> SyncEngine::NextAttemptAt() {
 
 std::shared_ptr<BackoffStrategy> SyncEngine::BackoffFor(int64_t id) {
   if (!backoff_->Stateful()) return backoff_;
+  std::shared_ptr<BackoffStrategy> out;
+  bool sweep = false;
+  {
+    std::lock_guard lock(mu_);
+    auto& seq = sequences_[id];
+    if (!seq) {
+      seq = backoff_->Clone();
+      sweep = ++sequences_added_ % kSequenceSweepEvery == 0;
+    }
+    out = seq;
+  }
+  if (sweep) ForgetGoneSequences();
+  return out;
+}
+
+void SyncEngine::ForgetGoneSequences() {
+  // Ops also leave without an outcome from this engine (TTL expiry, overflow, purge,
+  // another process's requeue): drop the sequences of those no longer live. The queue
+  // is asked with no engine lock held.
+  std::vector<int64_t> ids;
+  {
+    std::lock_guard lock(mu_);
+    ids.reserve(sequences_.size());
+    for (const auto& [id, seq] : sequences_) ids.push_back(id);
+  }
+  std::vector<int64_t> gone;
+  for (int64_t id : ids) {
+    try {
+      const auto op = queue_->Get(id);
+      if (!op || op->state == OpState::kDead) gone.push_back(id);
+    } catch (const std::exception&) {
+      return;  // the queue cannot answer now: try at the next sweep
+    }
+  }
   std::lock_guard lock(mu_);
-  auto& seq = sequences_[id];
-  if (!seq) seq = backoff_->Clone();
-  return seq;
+  for (int64_t id : gone) sequences_.erase(id);
+}
+
+size_t SyncEngine::SequencesForTesting() const {
+  std::lock_guard lock(mu_);
+  return sequences_.size();
 }
 
 void SyncEngine::Forget(int64_t id) {

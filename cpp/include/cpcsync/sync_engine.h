@@ -154,6 +154,8 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   bool running() const;
   // Rounds between a take and the end of their delivery now (engine state only).
   int64_t BusyWorkers() const;
+  // Backoff sequences kept (a stateful strategy keeps one per op it retries): for tests.
+  size_t SequencesForTesting() const;
 
   void On(const std::string& event, Listener listener);
   EngineStats Stats() const;
@@ -198,6 +200,7 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   void Bury(const Operation& op, const std::string& reason, ProcessingSummary& summary);
   std::shared_ptr<BackoffStrategy> BackoffFor(int64_t id);
   void Forget(int64_t id);
+  void ForgetGoneSequences();
   void Emit(const EngineEvent& event);
   // Puts back (pending, due now) the ops whose outcome could not be written (a
   // storage failure left them leased to us); true when none is left over.
@@ -264,6 +267,7 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
 
   mutable std::mutex mu_;  // guards everything below; never held while calling out
   std::map<int64_t, std::shared_ptr<BackoffStrategy>> sequences_;  // stateful backoff per op
+  uint64_t sequences_added_ = 0;  // every kSequenceSweepEvery-th drops those of ops gone
   EngineStats stats_;
   std::vector<std::thread> workers_;
   pid_t workers_pid_ = 0;    // the process that started workers_
