@@ -7,6 +7,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -299,3 +301,27 @@ def test_get_entities_serves_one_key() -> None:
             urllib.request.urlopen(f"{base}/entities/nope")
         assert err.value.code == 404
         err.value.close()
+
+
+def test_a_script_that_never_stops_its_server_still_exits(tmp_path: Path) -> None:
+    # Before: handler threads were non-daemon, so a script that raised before
+    # server.stop() hung at exit while a client kept an idle keep-alive connection.
+    script = tmp_path / "forgetful.py"
+    script.write_text(
+        "import http.client, json\n"
+        "from cpcsync.testing import SyncServer\n"
+        "server = SyncServer().start()\n"
+        "conn = http.client.HTTPConnection('127.0.0.1', server.port)\n"
+        "body = json.dumps({'id': 1, 'kind': 'k', 'key': 'a', 'payload': {},\n"
+        "                   'idempotency_key': 'i1', 'hlc': 1})\n"
+        "conn.request('POST', '/ops', body, {'Content-Type': 'application/json'})\n"
+        "assert conn.getresponse().read() is not None  # the connection stays open\n"
+        "print('served', flush=True)\n"
+        "raise SystemExit(3)  # no server.stop(), no conn.close()\n",
+        encoding="utf-8",
+    )
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert "served" in proc.stdout, proc.stderr
+    assert proc.returncode == 3

@@ -111,7 +111,10 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = False  # stop() joins the handler threads
+    # Daemon handler threads: a script that raises before stop() must still exit, even
+    # with an idle keep-alive connection open. stop() joins them all the same
+    # (block_on_close: server_close() joins every handler thread, daemon or not).
+    daemon_threads = True
     block_on_close = True
     owner: SyncServer
 
