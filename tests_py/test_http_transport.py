@@ -405,11 +405,40 @@ def test_tls_verification_on_by_default() -> None:
         ("http://127.0.0.1/", {"timeout": 0}),
         ("http://127.0.0.1/", {"timeout": math.inf}),
         ("http://127.0.0.1/", {"headers": {"X": 1}}),
+        # headers no request can carry: refused now, not one dead letter per op later
+        ("http://127.0.0.1/", {"headers": {"Authorization": "Bearer \u2026"}}),
+        ("http://127.0.0.1/", {"headers": {"X-Note": "caf\u00e9 \u263a"}}),
+        ("http://127.0.0.1/", {"headers": {"X-A": "one\r\nX-B: injected"}}),
+        ("http://127.0.0.1/", {"headers": {"Bad Name": "v"}}),
+        ("http://127.0.0.1/", {"headers": {"": "v"}}),
+        ("https://127.0.0.1/", {"verify": "/no/such/ca.pem"}),
+        ("https://127.0.0.1/", {"verify": 3}),
     ],
 )
 def test_invalid_arguments(url: str, kwargs: dict[str, Any]) -> None:
     with pytest.raises(cs.InvalidArgumentError):
         cs.HttpTransport(url, **kwargs)
+
+
+def test_a_bad_header_error_names_the_header_but_never_a_credential() -> None:
+    with pytest.raises(cs.InvalidArgumentError) as info:
+        cs.HttpTransport("http://127.0.0.1/", headers={"Authorization": "Bearer s3cr\u00eat\u2026"})
+    assert "Authorization" in str(info.value) and "s3cr" not in str(info.value)
+    cs.HttpTransport("http://127.0.0.1/", headers={"X-Latin": "caf\u00e9"}).close()  # latin-1
+
+
+def test_connections_counts_every_tcp_connection_opened(
+    status_server: StatusServer, queue: Any
+) -> None:
+    # Before: urllib3's num_connections counted connection objects, and an object
+    # reconnects by itself after the server closed it: 3 TCP connections reported as 1.
+    status_server.headers = {"Connection": "close"}
+    with cs.HttpTransport(status_server.url) as t:
+        for _ in range(3):
+            op = take_op(queue)
+            t(op)
+            queue.ack(op.id)
+        assert t.stats() == {"connections": 3, "requests": 3}
 
 
 def test_insecure_http_opt_in() -> None:

@@ -37,6 +37,7 @@ import ipaddress
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -217,6 +218,42 @@ def _hide_query_from_urllib3_logs(request_uri: str, path: str) -> None:
         _query_redactor.add(request_uri, path)
 
 
+#: RFC 9110 field names are tokens.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def _check_header(name: object, value: object) -> None:
+    """InvalidArgumentError now for a header no request could carry (instead of every
+    operation failing at send time and ending as a dead letter)."""
+    if not isinstance(name, str) or not isinstance(value, str):
+        raise InvalidArgumentError("headers must map str to str")
+    if not _TOKEN.fullmatch(name):
+        raise InvalidArgumentError(f"header name {name!r} is not an HTTP token")
+    shown = _REDACTED if _SENSITIVE.search(name) else repr(value)
+    if any(c in value for c in "\r\n\x00"):
+        raise InvalidArgumentError(f"header {name}: value {shown} holds CR, LF or NUL")
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        raise InvalidArgumentError(
+            f"header {name}: value {shown} has characters HTTP headers cannot carry "
+            "(only latin-1; encode the value, e.g. base64 or percent-encoding)"
+        ) from None
+
+
+def _counting_connection(base: Any, opened: Any) -> Any:
+    """A subclass of urllib3's connection class ``base`` that calls ``opened()`` each
+    time it opens a TCP connection."""
+
+    class Counting(base):  # type: ignore[misc,valid-type]
+        def _new_conn(self) -> Any:
+            sock = super()._new_conn()
+            opened()
+            return sock
+
+    return Counting
+
+
 def _is_loopback(host: str) -> bool:
     if host.lower() == "localhost":
         return True
@@ -272,12 +309,17 @@ class HttpTransport:
 
         merged: dict[str, str] = {}
         for name, value in (headers or {}).items():
-            if not isinstance(name, str) or not isinstance(value, str):
-                raise InvalidArgumentError("headers must map str to str")
+            _check_header(name, value)
             merged[name] = value
         if parsed.auth and not any(k.lower() == "authorization" for k in merged):
             basic = urllib3.util.make_headers(basic_auth=parsed.auth)["authorization"]
             merged["Authorization"] = basic
+        if isinstance(verify, str) and not os.path.exists(verify):
+            raise InvalidArgumentError(
+                f"verify={verify!r}: no such CA bundle (a file or a directory of certificates)"
+            )
+        if not isinstance(verify, (bool, str)):
+            raise InvalidArgumentError("verify must be True, False or a CA bundle path")
         self._headers = merged
         self._timeout = float(timeout)
         self._verify = verify
@@ -300,6 +342,7 @@ class HttpTransport:
             "timeout": urllib3.Timeout(total=self._timeout),
         }
         self._pool: urllib3.HTTPConnectionPool
+        self._opened = 0  # TCP connections opened (under self._lock)
         if scheme == "https":
             if verify is False:
                 pool_kw["cert_reqs"] = "CERT_NONE"
@@ -310,6 +353,9 @@ class HttpTransport:
             self._pool = urllib3.HTTPSConnectionPool(host, port, **pool_kw)
         else:
             self._pool = urllib3.HTTPConnectionPool(host, port, **pool_kw)
+        # Count real TCP connections: urllib3's num_connections counts connection
+        # objects, and one object reconnects by itself after the server closed it.
+        self._pool.ConnectionCls = _counting_connection(self._pool.ConnectionCls, self._count_open)
 
     # ------------------------------------------------------------------ public
 
@@ -334,9 +380,16 @@ class HttpTransport:
         return redact_headers(self._headers)
 
     def stats(self) -> dict[str, int]:
-        """``connections``: connections opened so far; ``requests``: requests sent.
-        Fewer connections than requests means kept-alive connections were reused."""
-        return {"connections": self._pool.num_connections, "requests": self._pool.num_requests}
+        """``connections``: TCP connections opened so far (each reconnect counts);
+        ``requests``: requests sent. Fewer connections than requests means kept-alive
+        connections were reused."""
+        with self._lock:
+            opened = self._opened
+        return {"connections": opened, "requests": self._pool.num_requests}
+
+    def _count_open(self) -> None:
+        with self._lock:
+            self._opened += 1
 
     def __call__(self, op: OperationLike) -> None:
         """Deliver ``op``: same as :meth:`send`."""
