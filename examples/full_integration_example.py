@@ -85,7 +85,9 @@ def main() -> int:
         FaultProxy(upstream=("127.0.0.1", server.port)) as proxy,
     ):
         host, port = proxy.address
-        remote = HttpRemote(f"http://{host}:{port}")
+        # Generous timeouts: a direct write the store gives up on may still reach the
+        # server, and its queued retry (a new request) would then apply it a second time.
+        remote = HttpRemote(f"http://{host}:{port}", timeout=5.0)
         monitor = cs.NetworkMonitor(
             connected=True, probe=cs.TcpProbe(host, port, timeout=0.5), interval=0.1
         )
@@ -97,7 +99,7 @@ def main() -> int:
                 remote,
                 queue,
                 monitor,
-                timeout=2.0,
+                timeout=5.0,
                 backoff=cs.ConstantBackoff(0.1),
             ) as store,
         ):
