@@ -2,7 +2,6 @@
 
 #include <fcntl.h>
 #include <sys/stat.h>
-#include <time.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,6 +10,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <ctime>  // clock_gettime, CLOCK_BOOTTIME (POSIX, through glibc's <time.h>)
 #include <fstream>
 #include <optional>
 #include <string>
