@@ -21,7 +21,7 @@ import pytest
 
 import cpcsync as cs
 from cpcsync.http import RETRY_AFTER_CEILING, encode_operation, parse_retry_after
-from cpcsync.testing import SyncServer
+from cpcsync.testing import FaultProxy, SyncServer
 
 SECRET = "s3cr3t-token-value"
 
@@ -289,6 +289,57 @@ def test_timeout_is_transient_timeout(server: SyncServer, queue: Any) -> None:
     assert isinstance(err, TimeoutError)
     assert isinstance(err, OSError)
     assert err.__cause__ is not None
+
+
+def _trickling_proxy(server: SyncServer, stream: str) -> FaultProxy:
+    """A FaultProxy in front of ``server`` whose ``stream`` trickles one byte every
+    40 ms: an answer of ~200 bytes then takes ~8 s, a request body of 20 KB ~13 min."""
+    proxy = FaultProxy(("127.0.0.1", server.port)).start()
+    proxy.add_toxic("slicer", stream, average_size=1, delay=40_000)
+    return proxy
+
+
+@pytest.mark.parametrize("stream", ["downstream", "upstream"])
+def test_timeout_bounds_the_whole_request_on_a_trickling_link(
+    server: SyncServer, queue: Any, stream: str
+) -> None:
+    # urllib3 applies a timeout per read (and per send): a link that keeps delivering
+    # a byte now and then never trips it. The documented timeout is the whole request.
+    payload = {"v": "x" * 20_000} if stream == "upstream" else None
+    op = take_op(queue, payload=payload)
+    with _trickling_proxy(server, stream) as proxy:
+        t = cs.HttpTransport(f"http://127.0.0.1:{proxy.address[1]}/ops", timeout=0.5)
+        started = time.monotonic()
+        with t, pytest.raises(cs.NetworkTimeoutError, match=r"within 0\.5s") as info:
+            t(op)
+        elapsed = time.monotonic() - started
+        # Without the total deadline this takes 8 s (downstream) or minutes (upstream).
+        assert elapsed < 0.5 + 2.5, elapsed
+        assert isinstance(info.value, cs.TransientError)
+        # The cut connection is never handed to the next request: that one opens a
+        # new connection and, once the link is clean, delivers.
+        proxy.remove_toxic(f"slicer_{stream}")
+        op2 = take_op(queue)
+        t2 = cs.HttpTransport(f"http://127.0.0.1:{proxy.address[1]}/ops", timeout=5.0)
+        with t2:
+            t2(op2)
+    assert op2.idempotency_key in {r["idempotency_key"] for r in server.received}
+
+
+def test_a_finished_requests_deadline_spares_the_reused_connection(
+    server: SyncServer, queue: Any
+) -> None:
+    # Each request takes 0.4 s of a 1.0 s timeout on one kept-alive connection: the
+    # third is in flight when the first request's deadline (1.0 s) passes, the fourth
+    # when the second's does. Finished requests' deadlines must not cut it.
+    server.delay = 0.4
+    with cs.HttpTransport(server.url, timeout=1.0) as t:
+        for _ in range(4):
+            op = take_op(queue)
+            t(op)
+            queue.ack(op.id)
+        assert t.stats() == {"connections": 1, "requests": 4}
+    assert len(server.received) == 4
 
 
 def test_keep_alive_reuses_one_connection(server: SyncServer, queue: Any) -> None:

@@ -50,6 +50,7 @@ import urllib3
 import urllib3.exceptions
 from urllib3.util import parse_url
 
+from cpcsync._deadline import Deadline
 from cpcsync.errors import (
     ConflictError,
     InvalidArgumentError,
@@ -241,17 +242,37 @@ def _check_header(name: object, value: object) -> None:
         ) from None
 
 
-def _counting_connection(base: Any, opened: Any) -> Any:
-    """A subclass of urllib3's connection class ``base`` that calls ``opened()`` each
-    time it opens a TCP connection."""
+#: The deadline of the request this thread is sending, for its connection to attach to.
+_in_flight = threading.local()
 
-    class Counting(base):  # type: ignore[misc,valid-type]
+
+def _watched_connection(base: Any, opened: Any) -> Any:
+    """A subclass of urllib3's connection class ``base`` that calls ``opened()`` each
+    time it opens a TCP connection, and puts its socket under the deadline of the
+    request being sent (:mod:`cpcsync._deadline`)."""
+
+    def attach(sock: Any) -> None:
+        deadline: Deadline | None = getattr(_in_flight, "deadline", None)
+        if deadline is not None:
+            deadline.attach(sock)
+
+    class Watched(base):  # type: ignore[misc]
         def _new_conn(self) -> Any:
             sock = super()._new_conn()
             opened()
+            attach(sock)
             return sock
 
-    return Counting
+        def connect(self) -> None:
+            super().connect()
+            attach(self.sock)  # for TLS, the SSL socket that replaced the plain one
+
+        def request(self, *args: Any, **kwargs: Any) -> None:
+            if self.sock is not None:  # a kept-alive connection: no connect() this time
+                attach(self.sock)
+            super().request(*args, **kwargs)
+
+    return Watched
 
 
 def _is_loopback(host: str) -> bool:
@@ -353,9 +374,10 @@ class HttpTransport:
             self._pool = urllib3.HTTPSConnectionPool(host, port, **pool_kw)
         else:
             self._pool = urllib3.HTTPConnectionPool(host, port, **pool_kw)
-        # Count real TCP connections: urllib3's num_connections counts connection
-        # objects, and one object reconnects by itself after the server closed it.
-        self._pool.ConnectionCls = _counting_connection(self._pool.ConnectionCls, self._count_open)
+        # Count real TCP connections (urllib3's num_connections counts connection
+        # objects, and one object reconnects by itself after the server closed it),
+        # and bound each request as a whole: urllib3's timeout applies per read.
+        self._pool.ConnectionCls = _watched_connection(self._pool.ConnectionCls, self._count_open)
 
     # ------------------------------------------------------------------ public
 
@@ -406,6 +428,29 @@ class HttpTransport:
         headers["Accept"] = "application/json"
         headers["Idempotency-Key"] = op.idempotency_key
         started = time.monotonic()
+        deadline = Deadline(self._timeout)
+        _in_flight.deadline = deadline
+        try:
+            status, raw, retry_after = self._post(op, body, headers, deadline)
+        finally:
+            _in_flight.deadline = None
+            deadline.finish()
+        if status is None:
+            _log.debug(
+                "POST %s op=%d -> delivered in %.1f ms",
+                self._safe_url,
+                op.id,
+                (time.monotonic() - started) * 1000,
+            )
+            return
+        _log.debug("POST %s op=%d -> %d", self._safe_url, op.id, status)
+        raise self._error_for(status, raw, retry_after)
+
+    def _post(
+        self, op: OperationLike, body: bytes, headers: dict[str, str], deadline: Deadline
+    ) -> tuple[int | None, bytes, str | None]:
+        """One request: ``(None, b"", None)`` when delivered (2xx), else the status,
+        at most ``_MAX_ERROR_BODY`` bytes of the body and the Retry-After header."""
         try:
             response = self._pool.urlopen(
                 "POST",
@@ -417,44 +462,57 @@ class HttpTransport:
                 assert_same_host=False,
                 preload_content=False,
             )
-        except urllib3.exceptions.TimeoutError as exc:
-            # ConnectTimeoutError and ReadTimeoutError; urllib3's NewConnectionError is a
-            # ConnectTimeoutError subclass for history's sake, but it is a refusal.
-            if isinstance(exc, urllib3.exceptions.NewConnectionError):
-                self._log_failure(op, exc)
-                raise NetworkError(f"cannot connect to {self._safe_url}: {exc}") from exc
-            self._log_failure(op, exc)
-            raise NetworkTimeoutError(
-                f"no answer from {self._safe_url} within {self._timeout:g}s"
-            ) from exc
-        except urllib3.exceptions.HTTPError as exc:
-            self._log_failure(op, exc)
-            raise NetworkError(f"request to {self._safe_url} failed: {exc}") from exc
-        except OSError as exc:
-            self._log_failure(op, exc)
-            raise NetworkError(f"request to {self._safe_url} failed: {exc}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise self._connection_error(op, exc, deadline) from exc
         try:
+            if deadline.expired:
+                # The cut may have truncated the answer, and http.client takes a status
+                # line cut short by EOF ("HTTP/1.1 200") as a whole answer: trust none.
+                response.close()
+                cut = TimeoutError(f"the whole request took over {self._timeout:g}s")
+                raise self._connection_error(op, cut, deadline) from cut
             status = response.status
             if 200 <= status < 300:
-                _log.debug(
-                    "POST %s op=%d -> %d in %.1f ms",
-                    self._safe_url,
-                    op.id,
-                    status,
-                    (time.monotonic() - started) * 1000,
-                )
-                response.drain_conn()
-                return
+                # Delivered. Read what a short body there is so the connection can be
+                # reused; a long one (or an error reading it) closes the connection.
+                try:
+                    response.read(_MAX_ERROR_BODY)
+                    if response.read(1):
+                        response.close()
+                except (urllib3.exceptions.HTTPError, OSError):
+                    pass
+                return None, b"", None
             try:
                 raw = response.read(_MAX_ERROR_BODY)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
+                if deadline.expired:
+                    raise self._connection_error(op, exc, deadline) from exc
                 self._log_failure(op, exc)
                 raise NetworkError(f"reading the answer of {self._safe_url} failed") from exc
-            retry_after = response.headers.get("Retry-After")
+            if deadline.expired:  # a body without a length, cut short by the deadline
+                response.close()
+                cut = TimeoutError(f"the whole request took over {self._timeout:g}s")
+                raise self._connection_error(op, cut, deadline) from cut
+            return status, raw, response.headers.get("Retry-After")
         finally:
             response.release_conn()
-        _log.debug("POST %s op=%d -> %d", self._safe_url, op.id, status)
-        raise self._error_for(status, raw, retry_after)
+
+    def _connection_error(
+        self, op: OperationLike, exc: BaseException, deadline: Deadline
+    ) -> NetworkError:
+        """The error to raise for ``exc``, raised by urllib3 or the socket while the
+        request had no complete answer."""
+        self._log_failure(op, exc)
+        # ConnectTimeoutError and ReadTimeoutError are timeouts; urllib3's
+        # NewConnectionError is a ConnectTimeoutError subclass for history's sake, but
+        # it is a refusal. Any error after the deadline cut the socket is a timeout.
+        refused = isinstance(exc, urllib3.exceptions.NewConnectionError)
+        timed_out = isinstance(exc, urllib3.exceptions.TimeoutError) and not refused
+        if deadline.expired or timed_out:
+            return NetworkTimeoutError(f"no answer from {self._safe_url} within {self._timeout:g}s")
+        if refused:
+            return NetworkError(f"cannot connect to {self._safe_url}: {exc}")
+        return NetworkError(f"request to {self._safe_url} failed: {exc}")
 
     def close(self) -> None:
         """Close the kept-alive connections. Later sends raise TransientError."""
