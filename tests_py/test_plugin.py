@@ -17,8 +17,8 @@ import cpcsync.testing.plugin as plugin_module
 
 pytest_plugins = ["pytester"]
 
-# name -> scope, for every fixture the plugin defines.
-FIXTURES = {
+# name -> scope, for every fixture the plugin defines (short names without the prefix).
+SHORT_FIXTURES = {
     "virtual_clock_start": "function",
     "virtual_clock": "function",
     "sync_queue_options": "function",
@@ -32,6 +32,14 @@ FIXTURES = {
     "sync_server": "function",
     "fault_proxy": "function",
 }
+FIXTURES = {f"cpcsync_{name}": scope for name, scope in SHORT_FIXTURES.items()}
+_NAMES = re.compile(r"\b({})\b".format("|".join(sorted(SHORT_FIXTURES, key=len, reverse=True))))
+
+
+def prefixed(source: str) -> str:
+    """``source`` with every short fixture name given its ``cpcsync_`` prefix."""
+    return _NAMES.sub(r"cpcsync_\1", source)
+
 
 STRICT_INI = """
 [pytest]
@@ -57,10 +65,12 @@ def test_entry_point_registers_the_plugin(pytestconfig: pytest.Config) -> None:
     assert pytestconfig.pluginmanager.get_plugin("cpcsync") is plugin_module
 
 
-def _fixture_blocks(lines: list[str]) -> dict[str, tuple[str, str]]:
-    """Parse ``pytest --fixtures`` output: the plugin's section, as
+def _fixture_blocks(lines: list[str], module: str) -> dict[str, tuple[str, str]]:
+    """Parse ``pytest --fixtures`` output: the section of ``module``
+    (``cpcsync.testing.plugin``, ``cpcsync.testing.short_names``), as
     name -> (scope, docstring text)."""
-    start = next(i for i, line in enumerate(lines) if "fixtures defined from cpcsync" in line)
+    title = f"fixtures defined from {module} "
+    start = next(i for i, line in enumerate(lines) if title in line)
     header = re.compile(r"^(\w+)(?: \[(\w+) scope\])? -- (.+):(\d+)$")
     blocks: dict[str, tuple[str, str]] = {}
     name: str | None = None
@@ -70,7 +80,7 @@ def _fixture_blocks(lines: list[str]) -> dict[str, tuple[str, str]]:
         m = header.match(line)
         if m:
             name = m.group(1)
-            assert "cpcsync/testing/plugin.py" in m.group(3), line
+            assert module.replace(".", "/") + ".py" in m.group(3), line
             blocks[name] = (m.group(2) or "function", "")
         elif name is not None and line.startswith("    "):
             scope, doc = blocks[name]
@@ -82,20 +92,53 @@ def test_pytest_fixtures_lists_every_fixture_with_scope_type_default(
     strict: pytest.Pytester,
 ) -> None:
     """``pytest --fixtures`` lists exactly the plugin's fixtures, each with a docstring
-    stating its Scope (matching the real scope), Type and Default."""
+    stating its Scope (matching the real scope), Type and Default; and every short
+    name, each saying which ``cpcsync_*`` fixture it stands for."""
     strict.makepyfile(test_nothing="def test_nothing():\n    pass\n")
     result = strict.runpytest("--fixtures")
     assert result.ret == 0
-    blocks = _fixture_blocks(result.outlines)
+    blocks = _fixture_blocks(result.outlines, "cpcsync.testing.plugin")
+    short = _fixture_blocks(result.outlines, "cpcsync.testing.short_names")
     assert set(blocks) == set(FIXTURES)
-    for name, (scope, doc) in blocks.items():
-        assert scope == FIXTURES[name], name
+    assert set(short) == set(SHORT_FIXTURES)
+    for name, (scope, doc) in [*blocks.items(), *short.items()]:
+        assert scope == {**FIXTURES, **SHORT_FIXTURES}[name], name
         assert f"Scope: {scope}." in doc, (name, doc)
         assert "Type: " in doc and "Default: " in doc, (name, doc)
-    assert "cpcsync.SyncQueue" in blocks["sync_queue"][1]
-    assert "tmp_path" in blocks["sync_queue"][1]
-    assert '{"durability": "normal"}' in blocks["sync_queue_options"][1]
-    assert "Default: 0.0" in blocks["virtual_clock_start"][1]
+    for name, (_, doc) in short.items():
+        assert f"Default: ``cpcsync_{name}``." in doc, (name, doc)
+    assert "cpcsync.SyncQueue" in blocks["cpcsync_sync_queue"][1]
+    assert "tmp_path" in blocks["cpcsync_sync_queue"][1]
+    assert '{"durability": "normal"}' in blocks["cpcsync_sync_queue_options"][1]
+    assert "Default: 0.0" in blocks["cpcsync_virtual_clock_start"][1]
+
+
+def test_short_names_off_leaves_only_the_prefixed_fixtures(strict: pytest.Pytester) -> None:
+    """With ``cpcsync_short_names = false`` a suite's own ``network`` fixture (here a
+    string) is its own business: the plugin's fixtures neither offer nor use it."""
+    strict.makeini(STRICT_INI + "cpcsync_short_names = false\n")
+    strict.makeconftest(
+        "import pytest\n\n@pytest.fixture\ndef network():\n    return 'docker-net-1'\n"
+    )
+    strict.makepyfile(
+        test_own="""
+import cpcsync as cs
+
+def test_own_network_untouched(network, cpcsync_sync_engine, cpcsync_network, cpcsync_simulation):
+    assert network == 'docker-net-1'
+    assert isinstance(cpcsync_network, cs.NetworkMonitor)
+    assert cpcsync_simulation.monitor is cpcsync_network
+    assert cpcsync_simulation.engine is cpcsync_sync_engine
+
+def test_short_name_is_gone(sync_engine):
+    pass
+"""
+    )
+    result = strict.runpytest("-v")
+    result.assert_outcomes(passed=1, errors=1)
+    result.stdout.fnmatch_lines(["*fixture 'sync_engine' not found*"])
+    fixtures = strict.runpytest("--fixtures")
+    assert not any("cpcsync.testing.short_names" in line for line in fixtures.outlines)
 
 
 FRESH_TESTS = """
@@ -157,9 +200,9 @@ def test_fixtures_work_without_import_and_are_fresh_per_test(strict: pytest.Pyte
     """A generated test file uses the fixtures without importing anything from the
     plugin; state a test leaves (queue contents, clock, network, scripted faults,
     server state and scripted 503s) is not seen by the next test."""
-    strict.makepyfile(test_fresh=FRESH_TESTS)
+    strict.makepyfile(test_fresh=FRESH_TESTS, test_fresh_prefixed=prefixed(FRESH_TESTS))
     result = strict.runpytest("-v")
-    result.assert_outcomes(passed=2)
+    result.assert_outcomes(passed=4)
 
 
 OVERRIDE_CONFTEST = """
@@ -246,13 +289,26 @@ def test_defaults_not_overridden_stay_the_plugins(sync_engine_options):
 """
 
 
-def test_conftest_overrides_change_what_dependent_fixtures_get(strict: pytest.Pytester) -> None:
+@pytest.mark.parametrize(
+    ("conftest_names", "test_names"),
+    [("short", "short"), ("prefixed", "prefixed"), ("prefixed", "short")],
+)
+def test_conftest_overrides_change_what_dependent_fixtures_get(
+    strict: pytest.Pytester, conftest_names: str, test_names: str
+) -> None:
     """A conftest.py overriding ``virtual_clock_start``, ``sync_queue_options``,
     ``faulty_transport`` and ``sync_engine_options`` (the last extending the
     plugin's own value) changes what ``sync_queue``, ``network``, ``sync_engine``
-    and ``simulation`` get."""
-    strict.makeconftest(OVERRIDE_CONFTEST)
-    strict.makepyfile(test_overrides=OVERRIDE_TESTS)
+    and ``simulation`` get: overridden under either name, asked for under the same name,
+    or (an override of a ``cpcsync_*`` name) under the short one. (A test that asks for
+    ``cpcsync_X`` directly gets ``cpcsync_X``'s own definition even where a conftest
+    overrides ``X``: docs/testing-with-faults.md says so.)"""
+
+    def names(source: str, which: str) -> str:
+        return prefixed(source) if which == "prefixed" else source
+
+    strict.makeconftest(names(OVERRIDE_CONFTEST, conftest_names))
+    strict.makepyfile(test_overrides=names(OVERRIDE_TESTS, test_names))
     result = strict.runpytest("-v")
     result.assert_outcomes(passed=2)
 

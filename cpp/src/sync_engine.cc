@@ -76,7 +76,7 @@ void ProcessingSummary::Add(const ProcessingSummary& o) {
 SyncEngine::SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transport> transport,
                        std::shared_ptr<NetworkMonitor> monitor,
                        std::shared_ptr<BackoffStrategy> backoff,
-                       std::shared_ptr<ConflictResolver> resolver, EngineOptions options,
+                       std::shared_ptr<ConflictResolver> resolver, const EngineOptions& options,
                        std::shared_ptr<Clock> clock)
     : queue_(std::move(queue)),
       transport_(std::move(transport)),

@@ -117,7 +117,7 @@ class SyncEngine : public std::enable_shared_from_this<SyncEngine> {
   // ExponentialBackoff; LastWriteWins). `clock` null: the queue's clock.
   SyncEngine(std::shared_ptr<SyncQueue> queue, std::shared_ptr<Transport> transport,
              std::shared_ptr<NetworkMonitor> monitor, std::shared_ptr<BackoffStrategy> backoff,
-             std::shared_ptr<ConflictResolver> resolver, EngineOptions options,
+             std::shared_ptr<ConflictResolver> resolver, const EngineOptions& options,
              std::shared_ptr<Clock> clock = {});
   ~SyncEngine();
   SyncEngine(const SyncEngine&) = delete;

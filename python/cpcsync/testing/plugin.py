@@ -7,10 +7,22 @@ default, one session-scoped server, and function-scoped fixtures built on them, 
 fresh (or reset) for every test. Override any of them in a conftest.py by defining a
 fixture of the same name.
 
-Deterministic level (all on one :class:`~cpcsync.VirtualClock`):
-``virtual_clock`` -> ``sync_queue``, ``network``, ``faulty_transport`` ->
-``sync_engine`` -> ``simulation``.
-Real level: ``sync_server`` (a reset session server) -> ``fault_proxy``.
+Every fixture is named ``cpcsync_*``, so it cannot collide with a suite's own
+fixtures. Deterministic level (all on one :class:`~cpcsync.VirtualClock`):
+``cpcsync_virtual_clock`` -> ``cpcsync_sync_queue``, ``cpcsync_network``,
+``cpcsync_faulty_transport`` -> ``cpcsync_sync_engine`` -> ``cpcsync_simulation``.
+Real level: ``cpcsync_sync_server`` (a reset session server) -> ``cpcsync_fault_proxy``.
+
+Short names. Each fixture is also available without the prefix (``network``,
+``sync_engine``...: :mod:`cpcsync.testing.short_names`), and while they are on, the
+fixtures reach each other through the short names, so overriding either name changes
+what the fixtures built on it get. A suite that has its own ``network`` (or any other
+of those names) for something else turns them off in its pytest configuration::
+
+    [pytest]
+    cpcsync_short_names = false
+
+and then only the ``cpcsync_*`` names exist and the layering uses only them.
 """
 
 from __future__ import annotations
@@ -23,82 +35,112 @@ from typing import Any
 import pytest
 
 import cpcsync as cs
+from cpcsync.testing import short_names
 from cpcsync.testing.faulty import FaultyTransport
 from cpcsync.testing.proxy import FaultProxy
 from cpcsync.testing.server import SyncServer
 from cpcsync.testing.simulation import Simulation
 
-#: Real seconds the ``sync_engine`` teardown waits for workers to leave the transport.
+#: The ini option that turns the short fixture names on (the default) or off.
+SHORT_NAMES_INI = "cpcsync_short_names"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """Registers the ``cpcsync_short_names`` ini option."""
+    parser.addini(
+        SHORT_NAMES_INI,
+        type="bool",
+        default=True,
+        help="cpcsync: also offer the plugin's fixtures under their short names "
+        "(network, sync_engine, ...); false leaves only the cpcsync_* names",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Registers the short fixture names unless ``cpcsync_short_names = false``."""
+    if config.getini(SHORT_NAMES_INI):
+        config.pluginmanager.register(short_names, "cpcsync.short_names")
+
+
+def _fixture(request: pytest.FixtureRequest, name: str) -> Any:
+    """The value of the plugin fixture ``cpcsync_<name>``, reached through its short
+    name ``<name>`` while short names are on (so an override of either counts)."""
+    if request.config.getini(SHORT_NAMES_INI):
+        return request.getfixturevalue(name)
+    return request.getfixturevalue(f"cpcsync_{name}")
+
+
+#: Real seconds the ``cpcsync_sync_engine`` teardown waits for workers to leave the transport.
 ENGINE_STOP_TIMEOUT = 5.0
 
 
 @pytest.fixture
-def virtual_clock_start() -> float:
+def cpcsync_virtual_clock_start() -> float:
     """Scope: function. Type: float. Default: 0.0.
 
-    Where ``virtual_clock`` starts. Override to start elsewhere (e.g. a Unix time)."""
+    Where ``cpcsync_virtual_clock`` starts. Override to start elsewhere (e.g. a Unix time)."""
     return 0.0
 
 
 @pytest.fixture
-def virtual_clock(virtual_clock_start: float) -> cs.VirtualClock:
+def cpcsync_virtual_clock(request: pytest.FixtureRequest) -> cs.VirtualClock:
     """Scope: function. Type: cpcsync.VirtualClock. Default: starts at
-    ``virtual_clock_start`` (0.0), auto_advance off.
+    ``cpcsync_virtual_clock_start`` (0.0), auto_advance off.
 
     The one clock every other deterministic fixture uses; ``advance()`` it, or let
-    ``simulation`` drive it."""
-    return cs.VirtualClock(start=virtual_clock_start)
+    ``cpcsync_simulation`` drive it."""
+    return cs.VirtualClock(start=_fixture(request, "virtual_clock_start"))
 
 
 @pytest.fixture
-def sync_queue_options() -> dict[str, Any]:
+def cpcsync_sync_queue_options() -> dict[str, Any]:
     """Scope: function. Type: dict of SyncQueue keyword arguments.
     Default: ``{"durability": "normal"}`` (survives a process crash; no fsync per op).
 
-    Override to change how ``sync_queue`` is opened (capacity, ttl, durability...)."""
+    Override to change how ``cpcsync_sync_queue`` is opened (capacity, ttl, durability...)."""
     return {"durability": "normal"}
 
 
 @pytest.fixture
-def sync_queue(
-    tmp_path: Path, virtual_clock: cs.VirtualClock, sync_queue_options: dict[str, Any]
-) -> Iterator[cs.SyncQueue]:
+def cpcsync_sync_queue(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[cs.SyncQueue]:
     """Scope: function. Type: cpcsync.SyncQueue.
-    Default: a SQLite queue file ``queue.db`` in ``tmp_path`` on ``virtual_clock``,
-    opened with ``sync_queue_options``; closed after the test."""
-    q = cs.SyncQueue.open(tmp_path / "queue.db", clock=virtual_clock, **sync_queue_options)
+    Default: a SQLite queue file ``queue.db`` in ``tmp_path`` on ``cpcsync_virtual_clock``,
+    opened with ``cpcsync_sync_queue_options``; closed after the test."""
+    clock = _fixture(request, "virtual_clock")
+    options = _fixture(request, "sync_queue_options")
+    q = cs.SyncQueue.open(tmp_path / "queue.db", clock=clock, **options)
     yield q
     q.close()
 
 
 @pytest.fixture
-def network(virtual_clock: cs.VirtualClock) -> Iterator[cs.NetworkMonitor]:
+def cpcsync_network(request: pytest.FixtureRequest) -> Iterator[cs.NetworkMonitor]:
     """Scope: function. Type: cpcsync.NetworkMonitor.
-    Default: connected, no probe, on ``virtual_clock``: it changes only by
+    Default: connected, no probe, on ``cpcsync_virtual_clock``: it changes only by
     ``set_connected`` (or a Scenario); stopped after the test."""
-    m = cs.NetworkMonitor(connected=True, clock=virtual_clock)
+    m = cs.NetworkMonitor(connected=True, clock=_fixture(request, "virtual_clock"))
     yield m
     m.stop()
 
 
 @pytest.fixture
-def faulty_transport(virtual_clock: cs.VirtualClock) -> Iterator[FaultyTransport]:
+def cpcsync_faulty_transport(request: pytest.FixtureRequest) -> Iterator[FaultyTransport]:
     """Scope: function. Type: cpcsync.testing.FaultyTransport.
     Default: a sink (every call succeeds until you script faults), seed 0, no latency,
-    on ``virtual_clock``. Override to wrap a real transport, e.g.
+    on ``cpcsync_virtual_clock``. Override to wrap a real transport, e.g.
     ``FaultyTransport(cs.HttpTransport(sync_server.url), clock=virtual_clock)``."""
-    ft = FaultyTransport(seed=0, clock=virtual_clock)
+    ft = FaultyTransport(seed=0, clock=_fixture(request, "virtual_clock"))
     yield ft
     ft.close()
 
 
 @pytest.fixture
-def sync_engine_options() -> dict[str, Any]:
+def cpcsync_sync_engine_options() -> dict[str, Any]:
     """Scope: function. Type: dict of SyncEngine keyword arguments.
     Default: ``{"backoff": ExponentialBackoff(base=1.0, factor=2.0, max_delay=60.0,
     jitter="none"), "max_attempts": 5}``: retries after 1, 2, 4, 8 s, then dead-letter.
 
-    Override to change how ``sync_engine`` is built (resolver, concurrency...)."""
+    Override to change how ``cpcsync_sync_engine`` is built (resolver, concurrency...)."""
     return {
         "backoff": cs.ExponentialBackoff(base=1.0, factor=2.0, max_delay=60.0, jitter="none"),
         "max_attempts": 5,
@@ -106,20 +148,20 @@ def sync_engine_options() -> dict[str, Any]:
 
 
 @pytest.fixture
-def sync_engine(
-    sync_queue: cs.SyncQueue,
-    faulty_transport: FaultyTransport,
-    network: cs.NetworkMonitor,
-    virtual_clock: cs.VirtualClock,
-    sync_engine_options: dict[str, Any],
-) -> Iterator[cs.SyncEngine]:
+def cpcsync_sync_engine(request: pytest.FixtureRequest) -> Iterator[cs.SyncEngine]:
     """Scope: function. Type: cpcsync.SyncEngine.
-    Default: delivers ``sync_queue`` through ``faulty_transport`` while ``network`` says
-    connected, on ``virtual_clock``, with ``sync_engine_options``. Not started: drive it
-    with ``simulation`` (or ``process_once``/``drain``, or ``start()`` yourself); stopped
-    after the test."""
+    Default: delivers ``cpcsync_sync_queue`` through ``cpcsync_faulty_transport``
+    while ``cpcsync_network`` says connected, on ``cpcsync_virtual_clock``, with
+    ``cpcsync_sync_engine_options``. Not started: drive it with
+    ``cpcsync_simulation`` (or ``process_once``/``drain``, or ``start()`` yourself);
+    stopped after the test."""
+    faulty_transport = _fixture(request, "faulty_transport")
     e = cs.SyncEngine(
-        sync_queue, faulty_transport, monitor=network, clock=virtual_clock, **sync_engine_options
+        _fixture(request, "sync_queue"),
+        faulty_transport,
+        monitor=_fixture(request, "network"),
+        clock=_fixture(request, "virtual_clock"),
+        **_fixture(request, "sync_engine_options"),
     )
     yield e
     faulty_transport.close()  # frees a worker waiting on transport latency
@@ -135,20 +177,23 @@ def sync_engine(
 
 
 @pytest.fixture
-def simulation(
-    sync_engine: cs.SyncEngine, network: cs.NetworkMonitor, faulty_transport: FaultyTransport
-) -> Simulation:
+def cpcsync_simulation(request: pytest.FixtureRequest) -> Simulation:
     """Scope: function. Type: cpcsync.testing.Simulation.
-    Default: drives ``sync_engine`` with ``network`` and ``faulty_transport`` on
-    ``virtual_clock``: ``run_until_idle()``, ``run_for(seconds)``, ``apply(Scenario)``."""
-    return Simulation(sync_engine, monitor=network, transport=faulty_transport)
+    Default: drives ``cpcsync_sync_engine`` with ``cpcsync_network`` and
+    ``cpcsync_faulty_transport`` on ``cpcsync_virtual_clock``: ``run_until_idle()``,
+    ``run_for(seconds)``, ``apply(Scenario)``."""
+    return Simulation(
+        _fixture(request, "sync_engine"),
+        monitor=_fixture(request, "network"),
+        transport=_fixture(request, "faulty_transport"),
+    )
 
 
 @pytest.fixture(scope="session")
-def sync_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncServer]:
+def cpcsync_sync_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncServer]:
     """Scope: session. Type: cpcsync.testing.SyncServer.
     Default: one server on 127.0.0.1 (ephemeral port) for the whole session, with its
-    SQLite file in a session temporary directory. Tests use ``sync_server``, which resets
+    SQLite file in a session temporary directory. Tests use ``cpcsync_sync_server``, which resets
     it; use this one directly only to keep state across tests."""
     path = tmp_path_factory.mktemp("cpcsync-server") / "server.db"
     with SyncServer(path) as server:
@@ -156,20 +201,22 @@ def sync_server_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sy
 
 
 @pytest.fixture
-def sync_server(sync_server_session: SyncServer) -> SyncServer:
+def cpcsync_sync_server(request: pytest.FixtureRequest) -> SyncServer:
     """Scope: function. Type: cpcsync.testing.SyncServer.
     Default: the session server, reset before the test (nothing applied or received,
     no pending fail_next, no delay). Same port all session."""
-    sync_server_session.reset()
-    return sync_server_session
+    server: SyncServer = _fixture(request, "sync_server_session")
+    server.reset()
+    return server
 
 
 @pytest.fixture
-def fault_proxy(sync_server: SyncServer) -> Iterator[FaultProxy]:
+def cpcsync_fault_proxy(request: pytest.FixtureRequest) -> Iterator[FaultProxy]:
     """Scope: function. Type: cpcsync.testing.FaultProxy.
-    Default: a started proxy on 127.0.0.1 (ephemeral port) in front of ``sync_server``,
+    Default: a started proxy on 127.0.0.1 (ephemeral port) in front of ``cpcsync_sync_server``,
     no toxics; stopped after the test. Point an HttpTransport at
     ``f"http://{host}:{port}/ops"`` from ``fault_proxy.address``."""
+    sync_server: SyncServer = _fixture(request, "sync_server")
     proxy = FaultProxy(upstream=("127.0.0.1", sync_server.port)).start()
     yield proxy
     proxy.stop()
