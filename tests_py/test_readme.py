@@ -46,7 +46,7 @@ def test_quickstart_runs_offline_and_keeps_the_ops(tmp_path: Path) -> None:
         assert [op.kind for op in q.peek(10)] == ["set_currency", "add_note"]
 
 
-@pytest.mark.parametrize("run", range(5))
+@pytest.mark.parametrize("run", range(20))  # 20 runs out of 20 must deliver
 def test_quickstart_delivers_every_time_against_a_real_server(tmp_path: Path, run: int) -> None:
     # Before: stop(drain=True) returned at once while the monitor had not probed yet
     # (offline counted as idle), so about one run in five delivered nothing.
