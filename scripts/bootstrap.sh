@@ -82,7 +82,7 @@ fi
 if [ -f build/py/build.ninja ]; then
   what="rebuilding what changed"
 else
-  what="first build, 5-8 minutes on two cores"
+  what="first build: several minutes"
 fi
 phase 4 "building the C++ core and installing cpcsync[$extras] into .venv (CMake in build/py, C++ tests $tests; $what)"
 # shellcheck disable=SC2086  # CPCSYNC_EXTRA_PIP is a list of names
