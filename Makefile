@@ -1,12 +1,15 @@
 # The two commands README opens with:
-#   make demo   set up everything, then run the main job
+#   make demo   set up what the demo needs (no test tools), then run the main job
 #   make test   set up everything, then run every test (ctest + pytest)
-.PHONY: setup demo test test-cpp test-py bench lint format clean sanitize
+.PHONY: setup setup-demo demo test test-cpp test-py bench lint format clean sanitize
 
 setup:
 	bash scripts/bootstrap.sh
 
-demo: setup
+setup-demo:
+	bash scripts/bootstrap.sh demo
+
+demo: setup-demo
 	.venv/bin/python -m cpcsync.demo $(ARGS)
 
 test: setup

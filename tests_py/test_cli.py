@@ -651,6 +651,7 @@ def test_a_corrupt_queue_is_a_runtime_error(
     assert code == 1, (out, err)
     assert ERROR_LINE.match(err), err
     assert "Traceback" not in err
+    assert not re.search(r"execute '|prepare '|SELECT |PRAGMA ", err), err  # no SQL text
     assert path.read_bytes() == before
 
 

@@ -2,19 +2,45 @@
 
 ::
 
-    cpcsync status DB [--json]            depth by priority and state, oldest pending,
-                                          dead letters, last errors, who consumes
+    cpcsync status DB [--errors N] [--json]   depth by priority and state, oldest
+                                              pending, dead letters, last errors,
+                                              who consumes
     cpcsync list DB [--state S] [--limit N] [--json]
     cpcsync dead-letters DB [--limit N] [--json]
-    cpcsync requeue DB (ID... | --all)    dead letters back into the queue
-    cpcsync purge DB [--yes]              delete the dead letters
-    cpcsync export DB [--state S]         JSON lines on stdout
-    cpcsync demo [ARGS...]                the live demo (cpcsync.demo)
-    cpcsync bench [ARGS...]               benchmarks/run.py of a source checkout
+    cpcsync export DB [--state S]             JSON lines on stdout
+    cpcsync requeue DB (ID... | --all)        dead letters back into the queue
+    cpcsync purge DB [--yes]                  delete the dead letters
+    cpcsync demo [ARGS...]                    the live demo (cpcsync.demo)
+    cpcsync bench [ARGS...]                   benchmarks/run.py of a source checkout
 
-Inspection commands open the file read-only and work while its service runs. Exit
-status: 0 success, 1 runtime error, 2 usage error or a path that is not a queue.
-Errors are one line on stderr, ``cpcsync: error: ...``. See ``docs/cli.md``.
+``cpcsync COMMAND --help`` gives a command's options. ``python -m cpcsync`` is the
+same program.
+
+Inspection commands (status, list, dead-letters, export) open the file read-only:
+they never create or change a queue and work while its service runs. requeue and
+purge need the queue's consumer role, so they fail while the service runs. Tables
+fit the terminal; into a pipe they do not wrap (one line per operation).
+
+Exit status: 0 success, 1 runtime error (queue in use, damaged file, I/O error,
+permission denied), 2 usage error or a path that is not a queue file, 130 interrupted.
+Errors are one line on stderr, ``cpcsync: error: <path>: <what>``, never a traceback
+(``CPCSYNC_DEBUG=1`` shows one for an internal error).
+
+JSON (``--json``: one indented document; ``export``: one object per line) has stable
+keys: new keys may be added, existing ones keep their names and meaning.
+
+- ``status --json``: ``path``, ``pending``, ``in_flight``, ``dead``, ``total``
+  (pending + in flight), ``bytes`` (live payload bytes), ``oldest_pending_age`` and
+  ``next_due_in`` (seconds or null), ``network_failures``, ``by_priority`` (a list of
+  ``{priority, name, pending, in_flight, dead}``, highest first), ``consumer``
+  (``{active, pid, description}``), ``last_errors`` (a list of ``{error, count, dead}``,
+  most recent first).
+- An operation (``list --json`` and ``dead-letters --json``: arrays; ``export``:
+  lines) has the keys of :data:`cpcsync.cli.render.OP_FIELDS`: the fields of
+  ``cs.Operation``, ``size`` (payload bytes) and ``payload_encoding``: ``"json"`` when
+  the payload is the queue's own JSON encoding of a value (``payload`` is that value),
+  else ``"base64"``. :func:`cpcsync.cli.render.decode_payload` gives the exact bytes
+  back.
 """
 
 from __future__ import annotations
@@ -41,7 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog=PROG,
         description="Inspect and maintain cpcsync queue files; run the demo and benchmarks.",
         epilog="Exit status: 0 ok, 1 runtime error, 2 usage error or not a queue file. "
-        "See docs/cli.md.",
+        "'cpcsync COMMAND --help' for a command's options; the full reference (JSON "
+        "keys, errors) is installed with the package: python -m pydoc cpcsync.cli",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

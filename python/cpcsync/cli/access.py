@@ -9,6 +9,7 @@ that the file exists and is not empty, so that the CLI never creates a queue.
 from __future__ import annotations
 
 import os
+import re
 import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -106,6 +107,36 @@ def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
+_SQLITE_READONLY = 8
+_SQLITE_CANTOPEN = 14
+# The core's storage errors read "execute '<the first 60 characters of the SQL>': <what
+# SQLite said>" (or prepare '...'): the SQL means nothing to a CLI user.
+_SQL_CONTEXT = re.compile(r"^(?:execute|prepare) '.*?': ", re.DOTALL)
+
+
+def _sqlite_message(exc: BaseException) -> str:
+    """What SQLite said, without the statement the core was running."""
+    return _SQL_CONTEXT.sub("", _one_line(str(exc)), count=1)
+
+
+def _unwritable_folder(path: str, exc: BaseException) -> CliError | None:
+    """The error for a queue in a folder this user cannot write, when that is why
+    SQLite refused (reading a queue needs its -wal and -shm files), else None."""
+    code = getattr(exc, "sqlite_code", None)
+    if not isinstance(code, int) or code & 0xFF not in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    if os.access(folder, os.W_OK):
+        return None
+    name = os.path.basename(path)
+    return CliError(
+        f"{path}: cannot read the queue: its folder is not writable by this user, and "
+        f"reading needs to create {name}-wal and {name}-shm there (copy the file to a "
+        f"writable folder, or run as a user who can write to {folder})",
+        1,
+    )
+
+
 def map_error(path: str, exc: BaseException) -> CliError:
     """The :class:`CliError` (message and exit status) for an exception from the queue."""
     if isinstance(exc, CliError):
@@ -118,9 +149,11 @@ def map_error(path: str, exc: BaseException) -> CliError:
         why = msg[len(prefix) :].strip(" :") if msg.startswith(prefix) else msg
         return CliError(f"{path}: not a cpcsync queue" + (f" ({why})" if why else ""), 2)
     if isinstance(exc, cs.CorruptDatabaseError):
-        return CliError(f"{path}: the queue file is damaged: {msg}", 1)
+        return CliError(f"{path}: the queue file is damaged: {_sqlite_message(exc)}", 1)
     if isinstance(exc, cs.StorageError):
-        return CliError(f"{path}: storage error: {msg}", 1)
+        return _unwritable_folder(path, exc) or CliError(
+            f"{path}: storage error: {_sqlite_message(exc)}", 1
+        )
     if isinstance(exc, cs.SyncError):
         return CliError(f"{path}: {msg}", 1)
     if isinstance(exc, OSError):

@@ -70,7 +70,9 @@ def add_parsers(sub: Any) -> None:
     p.add_argument(
         "--errors", type=_count, default=5, metavar="N", help="distinct last errors (default 5)"
     )
-    p.add_argument("--json", action="store_true", help="print JSON (see docs/cli.md)")
+    p.add_argument(
+        "--json", action="store_true", help="print JSON (keys: python -m pydoc cpcsync.cli)"
+    )
     p.set_defaults(func=run_status)
 
     p = sub.add_parser(

@@ -21,7 +21,7 @@ fail until this module is checked and :data:`SUPPORTED_SCHEMA_VERSIONS` updated.
 
 **Cost.** Each query reads only the operations it reports on, never the whole backlog
 (``status`` on a file with millions of pending operations answers in well under a
-second, see docs/benchmarks.md): per-state queries are written ``state = 1`` /
+second, as the benchmarks' scale group measures): per-state queries are written ``state = 1`` /
 ``state = 2`` so SQLite uses the partial indexes ``ops_in_flight`` / ``ops_dead``, and
 the error summary reads the covering partial index ``ops_errors`` (schema 3; on a
 schema-2 file it scans).
@@ -48,7 +48,7 @@ __all__ = [
 
 APPLICATION_ID = 0x63706373
 """``PRAGMA application_id`` of every cpcsync queue file ("cpcs")."""
-SUPPORTED_SCHEMA_VERSIONS = (2, 3, 4)  # 4 only adds columns (issue 13)
+SUPPORTED_SCHEMA_VERSIONS = (2, 3, 4)  # 4 only adds columns
 """Schema versions (``PRAGMA user_version``) whose layout this module was checked against."""
 STATE_CODES = {"pending": 0, "in_flight": 1, "dead": 2}
 """How ``ops.state`` encodes an operation's state."""

@@ -1,6 +1,7 @@
 """Output for the CLI: rich tables for people, JSON with stable keys for scripts.
 
-The JSON shapes are documented in ``docs/cli.md``. Every operation is rendered by
+The JSON shapes are described in the :mod:`cpcsync.cli` documentation
+(``python -m pydoc cpcsync.cli``). Every operation is rendered by
 :func:`op_to_json` (used by ``list --json``, ``dead-letters --json`` and each line of
 ``export``); :func:`decode_payload` turns such an object's payload back into the
 exact bytes that were queued.
@@ -12,6 +13,7 @@ import base64
 import binascii
 import json
 import math
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
@@ -25,6 +27,7 @@ import cpcsync as cs
 
 __all__ = [
     "OP_FIELDS",
+    "PIPE_WIDTH",
     "PRIORITY_NAMES",
     "Utf8Writer",
     "decode_payload",
@@ -217,9 +220,22 @@ def write_json(obj: Any) -> None:
     out.flush()
 
 
+PIPE_WIDTH = 10_000
+"""Console width when stdout is not a terminal and ``COLUMNS`` is not set: wide enough
+that no cell wraps, so each operation stays on one line for grep, awk and less -S."""
+
+
 def make_console() -> Console:
-    """A rich console on the current stdout (colour only on a terminal; NO_COLOR honoured)."""
-    return Console(file=sys.stdout, highlight=False)
+    """A rich console on the current stdout (colour only on a terminal; NO_COLOR honoured).
+
+    On a terminal, tables fit its width. Into a pipe or a file rich would assume 80
+    columns and wrap cells; there the width is :data:`PIPE_WIDTH` unless ``COLUMNS``
+    says otherwise."""
+    width = None
+    isatty = getattr(sys.stdout, "isatty", None)
+    if not (isatty and isatty()) and not os.environ.get("COLUMNS"):
+        width = PIPE_WIDTH
+    return Console(file=sys.stdout, highlight=False, width=width)
 
 
 # ------------------------------------------------------------------ tables

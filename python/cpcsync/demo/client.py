@@ -10,7 +10,11 @@ orchestrator as JSON lines on stdout, and keeps two files the verdict reads:
   restarted client re-enqueues its last intent (same idempotency key: the server
   applies it once however often it arrives) and goes on from there;
 - ``superseded.jsonl``: idempotency keys of operations a conflict resolved in favour
-  of the server's value (they are complete without being applied).
+  of the server's value (they are complete without being applied);
+
+and ``versions.jsonl``, the server version of each key as this client last knew it
+(what a real client keeps with its local copy), so a restarted client goes on sending
+the right base versions instead of conflicting once on every key.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import sys
 import threading
 import time
@@ -68,22 +73,81 @@ class _Versioned:
         return getattr(self._op, name)
 
 
+def load_versions(path: Path) -> tuple[dict[str, int], dict[str, str]]:
+    """What ``path`` keeps (JSON lines ``{"key", "version", "op"}``, the last line of a
+    key wins; a torn last line from a kill mid-write is ignored): key -> the server
+    version this client knows, and key -> the idempotency key of the last operation
+    this client saw applied to it (absent when the version came from a conflict).
+    Both empty if there is no file."""
+    versions: dict[str, int] = {}
+    last_ops: dict[str, str] = {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return versions, last_ops
+    for line in text.splitlines():
+        try:
+            rec = json.loads(line)
+            key, version, op = str(rec["key"]), int(rec["version"]), rec.get("op")
+        except (ValueError, KeyError, TypeError):
+            continue
+        versions[key] = version
+        if op is None:
+            last_ops.pop(key, None)
+        else:
+            last_ops[key] = str(op)
+    return versions, last_ops
+
+
 class VersionedTransport:
     """HttpTransport plus optimistic concurrency: each keyed write carries the version
     of the key this client last saw, so a write another device made in between comes
-    back as a conflict (409) for the resolver. Also notes whether a call is the first
-    after a reconnect, and what was ready then (for the "critical first" verdict)."""
+    back as a conflict (409) for the resolver. The versions are kept in
+    ``versions_path`` (see :func:`load_versions`) and survive a restart. Also notes
+    whether a call is the first after a reconnect, and what was ready then (for the
+    "critical first" verdict)."""
 
     def __init__(
-        self, http: HttpTransport, queue: cs.SyncQueue, monitor: cs.NetworkMonitor, report: Any
+        self,
+        http: HttpTransport,
+        queue: cs.SyncQueue,
+        monitor: cs.NetworkMonitor,
+        report: Any,
+        versions_path: Path,
     ) -> None:
         self._http = http
         self._queue = queue
         self._monitor = monitor
         self._report = report
-        self._versions: dict[str, int] = {}
+        self._versions, self._last_ops = load_versions(versions_path)
+        # Appended and flushed on every change: the page cache keeps it across a
+        # SIGKILL of this process (the demo's kill), which is all the demo needs.
+        self._versions_file = versions_path.open("a", encoding="utf-8")
         self._lock = threading.Lock()
         self._transitions_seen = -1
+
+    def _set_version(self, key: str, version: int, op: str | None) -> None:
+        # (called with self._lock held)
+        self._versions[key] = version
+        if op is None:
+            self._last_ops.pop(key, None)
+        else:
+            self._last_ops[key] = op
+        if self._versions_file.closed:  # a call still running after close()
+            return
+        rec = {"key": key, "version": version, "op": op}
+        self._versions_file.write(json.dumps(rec) + "\n")
+        self._versions_file.flush()
+
+    def version(self, key: str) -> int:
+        """The server version of ``key`` this client knows (0: none)."""
+        with self._lock:
+            return self._versions.get(key, 0)
+
+    def close(self) -> None:
+        """Close the versions file."""
+        with self._lock:
+            self._versions_file.close()
 
     def __call__(self, op: cs.Operation) -> None:
         self._check_first_after_reconnect(op)
@@ -95,13 +159,17 @@ class VersionedTransport:
         self._http.send(sent)
         if op.key is not None:
             with self._lock:
-                self._versions[op.key] = (base or 0) + 1
+                # A client killed after the server applied `op` and after it noted the
+                # new version, but before the queue's ack, sends `op` again when it
+                # restarts: the server answers "duplicate" and the version stays.
+                if self._last_ops.get(op.key) != op.idempotency_key:
+                    self._set_version(op.key, (base or 0) + 1, op.idempotency_key)
 
     def adopt(self, key: str | None, version: int | None) -> None:
         """The server's version of `key` (learned from a conflict)."""
         if key is not None and version is not None:
             with self._lock:
-                self._versions[key] = version
+                self._set_version(key, version, None)
 
     def _check_first_after_reconnect(self, op: cs.Operation) -> None:
         transitions = int(self._monitor.stats()["transitions"])
@@ -152,7 +220,9 @@ class Client:
             interval=0.25,
         )
         self.http = HttpTransport(f"http://127.0.0.1:{args.proxy_port}/ops", timeout=2.0)
-        self.transport = VersionedTransport(self.http, self.queue, self.monitor, self.emit)
+        self.transport = VersionedTransport(
+            self.http, self.queue, self.monitor, self.emit, self.workdir / "versions.jsonl"
+        )
         self.engine = cs.SyncEngine(
             self.queue,
             self.transport,
@@ -210,12 +280,21 @@ class Client:
             idempotency_key=op["idempotency_key"],
         )
 
+    def _network(self) -> str:
+        # The monitor starts out assuming "down" until its probes have seen the link
+        # come up: "connecting" until its first transition, not a reported outage.
+        m = self.monitor.stats()
+        if m["connected"]:
+            return "online"
+        return "offline" if m["transitions"] else "connecting"
+
     def _status(self, next_i: int) -> dict[str, Any]:
         s = self.engine.stats()
         return {
             "event": "status",
             "t": time.time() - self.args.epoch,
             "connected": self.monitor.is_connected,
+            "network": self._network(),
             "depth": {str(p): n for p, n in s["depth_by_priority"].items()},
             "pending": s["pending"],
             "in_flight": s["in_flight"],
@@ -261,7 +340,22 @@ class Client:
             self.engine.stop(timeout=5)
             self.monitor.stop()
             self.http.close()
+            self.transport.close()
             self.queue.close()
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    """Linux: SIGKILL this process when the demo that started it dies (however it
+    dies), so no client outlives its demo."""
+    if not sys.platform.startswith("linux") or parent_pid <= 0:
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, int(signal.SIGKILL), 0, 0, 0)
+    if os.getppid() != parent_pid:  # the demo died before the prctl
+        os._exit(1)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +369,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epoch", type=float, required=True)
     p.add_argument("--users-until", type=float, required=True)
     p.add_argument("--deadline", type=float, required=True)
-    return Client(p.parse_args(argv)).run()
+    p.add_argument("--parent-pid", type=int, default=0, help="die with this process (Linux)")
+    args = p.parse_args(argv)
+    _die_with_parent(args.parent_pid)
+    return Client(args).run()
 
 
 if __name__ == "__main__":

@@ -6,6 +6,22 @@ from dataclasses import dataclass
 
 from cpcsync.testing.scenario import Scenario
 
+NORMAL = "link normal"
+"""The label of the time between the faults."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One fault of the run, from ``start`` to ``end`` (seconds from the start).
+
+    ``lane`` says what the fault hits: ``"link"`` (the fault proxy between client and
+    server), ``"server"`` (its answers) or ``"client"`` (the client process)."""
+
+    start: float
+    end: float
+    label: str
+    lane: str
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -17,23 +33,24 @@ class Plan:
     restart_at: float
     users_until: float
     device_b_writes: tuple[float, ...]
-    phases: tuple[tuple[float, float, str], ...]  # (start, end, label) for the display/chart
+    phases: tuple[Phase, ...]  # for the display and the chart, in start order
 
     def phase_at(self, t: float) -> str:
-        """The label of the phase at time t."""
-        label = "online"
-        for start, end, name in self.phases:
-            if start <= t < end:
-                label = name
+        """What the run is doing at time t: the label of the fault under way, or
+        ``"link normal"``; after the users stop, ``"draining"``."""
+        label = NORMAL if t < self.users_until else "draining"
+        for ph in self.phases:
+            if ph.start <= t < ph.end:
+                label = ph.label
         return label
 
 
 def make_plan(duration: float) -> Plan:
     """The demo's script for a run of about `duration` seconds (>= 10):
 
-    online -> offline -> flapping -> slow link (300 ms) -> a burst of 503s ->
-    the client is killed and restarted -> offline again -> online; users stop at 85%
-    and the queue drains.
+    link normal -> link down -> flapping -> slow link (300 ms) -> a burst of 503s ->
+    the client is killed and restarted -> link down again -> link normal. The users
+    enqueue for the whole `duration`; then the queue drains.
     """
     d = max(10.0, float(duration))
     off1 = (0.12 * d, 0.28 * d)
@@ -54,19 +71,19 @@ def make_plan(duration: float) -> Plan:
         .offline(off2[1] - off2[0], at=off2[0])
     )
     phases = (
-        (off1[0], off1[1], "offline"),
-        (flap_start, flap_end, "flapping"),
-        (slow[0], slow[1], "slow link (300 ms)"),
-        (errors_at, errors_at + 0.02 * d, "HTTP 503 burst"),
-        (kill_at, restart_at, "client killed"),
-        (off2[0], off2[1], "offline"),
+        Phase(off1[0], off1[1], "link down", "link"),
+        Phase(flap_start, flap_end, "link flapping", "link"),
+        Phase(slow[0], slow[1], "slow link (300 ms)", "link"),
+        Phase(errors_at, errors_at + 0.02 * d, "HTTP 503 burst", "server"),
+        Phase(kill_at, restart_at, "client killed", "client"),
+        Phase(off2[0], off2[1], "link down", "link"),
     )
     return Plan(
         duration=d,
         scenario=scenario,
         kill_at=kill_at,
         restart_at=restart_at,
-        users_until=max(0.85 * d, off2[1] + 0.03 * d),
+        users_until=max(d, off2[1] + 0.03 * d),
         device_b_writes=tuple(round(d * f, 2) for f in (0.08, 0.2, 0.45, 0.7)),
         phases=phases,
     )
