@@ -27,70 +27,24 @@ import shlex
 import subprocess
 import sys
 import textwrap
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TIMEOUT = 60.0  # seconds per block; a block that needs longer is not an example
+from _docs_blocks import FENCE, FRAGMENT, PAGES, ROOT, Block, blocks
 
-FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
-FRAGMENT = re.compile(r"^\s*<!--\s*fragment\b.*-->\s*$")
+TIMEOUT = 60.0  # seconds per block; a block that needs longer is not an example
 SHELL = {"sh", "bash", "console", "shell", "shell-session"}
 
 
-@dataclass(frozen=True)
-class Block:
-    page: Path
-    line: int  # 1-based line of the opening fence
-    lang: str  # the info string's first word ("" if none)
-    code: str
-    fragment: bool
-
-    @property
-    def id(self) -> str:
-        return f"{self.page.relative_to(ROOT)}:{self.line}"
-
-
-def _blocks(page: Path) -> list[Block]:
-    lines = page.read_text(encoding="utf-8").splitlines()
-    blocks: list[Block] = []
-    i = 0
-    while i < len(lines):
-        m = FENCE.match(lines[i])
-        if not m:
-            i += 1
-            continue
-        fence, info = m["fence"], m["info"].strip()
-        start = i
-        body: list[str] = []
-        i += 1
-        while i < len(lines):
-            close = FENCE.match(lines[i])
-            if close and close["fence"][0] == fence[0] and len(close["fence"]) >= len(fence):
-                if not close["info"].strip():
-                    break
-            body.append(lines[i])
-            i += 1
-        else:
-            raise AssertionError(f"{page.relative_to(ROOT)}:{start + 1}: unclosed code fence")
-        fragment = start > 0 and bool(FRAGMENT.match(lines[start - 1]))
-        lang = info.split()[0].lower() if info else ""
-        blocks.append(Block(page, start + 1, lang, "\n".join(body) + "\n", fragment))
-        i += 1
-    return blocks
-
-
-BLOCKS = [b for page in PAGES for b in _blocks(page)]
+BLOCKS = [b for page in PAGES for b in blocks(page)]
 PYTHON = [b for b in BLOCKS if b.lang == "python"]
 SHELL_BLOCKS = [b for b in BLOCKS if b.lang in SHELL]
 
 # Loaded by every block's interpreter (PYTHONPATH): no name lookups or connections
 # beyond the loopback interface.
 _GUARD = textwrap.dedent(
-    '''
+    """
     import ipaddress
     import socket
 
@@ -136,7 +90,7 @@ _GUARD = textwrap.dedent(
             return _method(self, address)
 
         setattr(socket.socket, _name, _guarded)
-    '''
+    """
 )
 
 
@@ -160,9 +114,7 @@ def _run_block(block: Block, where: Path, guard: Path) -> subprocess.CompletedPr
         argv = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error"]
         argv.append(name)
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(guard), *filter(None, [os.environ.get("PYTHONPATH")])]
-    )
+    env["PYTHONPATH"] = os.pathsep.join([str(guard), *filter(None, [os.environ.get("PYTHONPATH")])])
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     try:
         return subprocess.run(
@@ -219,30 +171,34 @@ def _commands(block: Block) -> list[list[str]]:
     return commands
 
 
-CLI_COMMANDS = [
-    pytest.param(words, id=f"{b.id}:{' '.join(words[:2])}")
-    for b in SHELL_BLOCKS
-    for words in _commands(b)
-    if words and words[0] == "cpcsync"
-]
-MAKE_COMMANDS = [
-    pytest.param(words, id=f"{b.id}:{' '.join(words[:2])}")
-    for b in SHELL_BLOCKS
-    for words in _commands(b)
-    if words and words[0] == "make"
-]
+def _shell_commands(program: str) -> list[object]:
+    return [
+        pytest.param(words, id=f"{b.id}:{' '.join(words[:3])}")
+        for b in SHELL_BLOCKS
+        for words in _commands(b)
+        if words[:1] == [program]
+    ]
+
+
+CLI_COMMANDS = _shell_commands("cpcsync")
+MAKE_COMMANDS = _shell_commands("make")
+PIP_COMMANDS = _shell_commands("pip")
+APT_COMMANDS = _shell_commands("sudo")  # sudo apt-get install ...
+# Shown, not checked: they create a virtualenv and enter it.
+HARMLESS = [["python3", "-m", "venv", ".venv"]]
 
 
 def test_shell_blocks_are_checked() -> None:
     # Every shell command shown is one of the kinds checked below.
+    checked = {"cpcsync", "make", "pip", "sudo"}
     unchecked = [
         f"{b.id}: {' '.join(w)}"
         for b in SHELL_BLOCKS
         for w in _commands(b)
-        if w and w[0] not in {"cpcsync", "make"}
+        if w and w[0] not in checked and w not in HARMLESS
     ]
     assert not unchecked, f"shell commands the docs test does not know how to check: {unchecked}"
-    assert CLI_COMMANDS and MAKE_COMMANDS
+    assert CLI_COMMANDS and MAKE_COMMANDS and PIP_COMMANDS and APT_COMMANDS
 
 
 @pytest.mark.parametrize("words", CLI_COMMANDS)
@@ -269,10 +225,48 @@ def test_make_target_exists(words: list[str]) -> None:
         assert re.search(rf"^{re.escape(target)}:", makefile, re.M), f"no make target {target}"
 
 
+def _extras() -> set[str]:
+    text = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    table = text.split("[project.optional-dependencies]", 1)[1].split("\n[", 1)[0]
+    return set(re.findall(r"^([\w-]+)\s*=", table, re.M))
+
+
+@pytest.mark.parametrize("words", PIP_COMMANDS)
+def test_pip_installs_this_package_with_extras_that_exist(words: list[str]) -> None:
+    assert words[:2] == ["pip", "install"], words
+    for spec in words[2:]:
+        m = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", spec)
+        assert m, f"pip install {spec}: the docs install this checkout (. or .[extra])"
+        missing = set((m[1] or "").split(",")) - {""} - _extras()
+        assert not missing, f"pip install {spec}: no such extra in pyproject.toml"
+
+
+def _bootstrap_packages(array: str) -> set[str]:
+    text = (ROOT / "scripts" / "bootstrap.sh").read_text(encoding="utf-8")
+    m = re.search(rf"^{array}=\((.*?)\)", text, re.M | re.S)
+    assert m, f"scripts/bootstrap.sh has no {array}=(...)"
+    return set(m[1].split())
+
+
+@pytest.mark.parametrize("words", APT_COMMANDS)
+def test_apt_line_has_what_the_build_needs(words: list[str]) -> None:
+    # The install section's apt-get line names every package bootstrap.sh installs to
+    # build the package (python3-dev besides: Debian's python3 has no headers without
+    # it; bootstrap works with whichever Python it finds).
+    assert words[:4] == ["sudo", "apt-get", "install", "-y"], words
+    shown = set(words[4:])
+    missing = _bootstrap_packages("APT_BUILD") - shown
+    assert not missing, f"the docs' apt-get line lacks {sorted(missing)}"
+    extra = shown - _bootstrap_packages("APT_BUILD") - {"python3-dev"}
+    assert not extra, f"the docs' apt-get line has packages the build does not need: {extra}"
+
+
 def test_the_extractor_sees_every_block() -> None:
     # The parser above must find as many fences as a plain count does: a block it
     # missed would never run.
     for page in PAGES:
-        fences = sum(1 for line in page.read_text(encoding="utf-8").splitlines() if FENCE.match(line))
+        fences = sum(
+            1 for line in page.read_text(encoding="utf-8").splitlines() if FENCE.match(line)
+        )
         found = [b for b in BLOCKS if b.page == page]
         assert fences == 2 * len(found), page
