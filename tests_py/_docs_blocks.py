@@ -1,9 +1,9 @@
 """The fenced code blocks of the Markdown docs, as the docs tests see them.
 
-Shared by test_docs_examples.py (every block of README.md and docs/*.md) and
-test_readme.py (the README's quickstart and its test, run against a real server).
+Shared by test_docs_examples.py (every block of README.md, CONTRIBUTING.md and
+docs/*.md) and test_readme.py (the README's quickstart, run against a real server).
 A block is a *fragment* when the line just above its opening fence is an HTML comment
-``<!-- fragment -->`` or ``<!-- fragment: why -->`` (CONTRIBUTING.md, "Docs").
+``<!-- fragment: why -->`` (CONTRIBUTING.md, "Docs whose examples run").
 """
 
 from __future__ import annotations
@@ -14,10 +14,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [README, ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").glob("*.md"))]
 
 FENCE = re.compile(r"^(?P<indent> {0,3})(?P<fence>`{3,}|~{3,})(?P<info>[^`]*)$")
-FRAGMENT = re.compile(r"^\s*<!--\s*fragment\b.*-->\s*$")
+# A fragment marker states its reason; MARKER finds any attempt at one.
+FRAGMENT = re.compile(r"^\s*<!--\s*fragment:\s*\S.*-->\s*$")
+MARKER = re.compile(r"<!--\s*fragment\b")
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,11 @@ class Block:
     @property
     def id(self) -> str:
         return f"{self.page.relative_to(ROOT)}:{self.line}"
+
+    @property
+    def lines(self) -> range:
+        """The page's line numbers from the opening fence to the closing one."""
+        return range(self.line, self.line + self.code.count("\n") + 2)
 
 
 def blocks(page: Path) -> list[Block]:
