@@ -107,6 +107,6 @@ def group() -> Group:
             "Python until every observer has been called (delivery is synchronous). The "
             "monitor runs on a VirtualClock and has no probe. Python observers are "
             "`def _noop(connected): pass`; each call takes the GIL for that call only, "
-            "as the threading rules require (DESIGN.md)."
+            "as cpcsync's threading rules require (docs/architecture.md, Threads)."
         ),
     )

@@ -11,7 +11,7 @@ choosing echo (`E`) or sink (`S`: count bytes until EOF, then answer the count).
   answers the byte count. Throughput is bytes over the time from the first send to
   the answer (GB = 10^9 bytes).
 
-Targets (issue 5): under 100 µs added latency, at least 1 GB/s through the proxy.
+Targets: under 100 µs added latency, at least 1 GB/s through the proxy.
 """
 
 from __future__ import annotations

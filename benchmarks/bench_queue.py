@@ -512,7 +512,7 @@ def group() -> Group:
         "(mostly WAL frame checksums); a cpcsync commit writes the op row, its priority "
         "index, the `ready` row and its order index, the counters row and AUTOINCREMENT's "
         "`sqlite_sequence` row (6 pages against the raw insert's 2). 2 KiB pages (instead "
-        "of 4 KiB) took this from 19k to 24k ops/s. Since issue 7, a handle at 'normal' "
+        "of 4 KiB) took this from 19k to 24k ops/s. A handle at 'normal' now "
         "checkpoints on a background thread (`cpp/src/sqlite/checkpointer.h`), so its "
         "commits pay for one only when the WAL reaches 8,000 frames "
         "(the p99 was ~280 us, the auto-checkpoint). Still open: drop AUTOINCREMENT (keep "

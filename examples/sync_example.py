@@ -1,4 +1,4 @@
-"""The seed design's happy path: queue while offline, deliver critical first on reconnect.
+"""The happy path: queue while offline, deliver critical operations first on reconnect.
 
 Run: ``python examples/sync_example.py``. It starts a local SyncServer (a real HTTP
 server on 127.0.0.1), records 1,000 low-priority cart updates and one critical

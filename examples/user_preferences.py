@@ -1,7 +1,7 @@
-"""The seed's user preferences (each user's preferred currency) on an OfflineFirstStore.
+"""User preferences (each user's preferred currency) kept on an OfflineFirstStore.
 
 Run it: ``python examples/user_preferences.py``. Everything runs in this process: a
-preferences server (an in-process object standing in for the seed's gRPC service),
+preferences server (an in-process object standing in for a remote preferences service),
 a SQLite queue and a local copy in a temporary folder, and a network monitor this
 script switches by hand to play the network going away and coming back:
 
@@ -11,9 +11,9 @@ script switches by hand to play the network going away and coming back:
 4. the server fails while the monitor still says online: reads fall back to the local
    copy, and writes are queued until the server answers again.
 
-As the seed's design asks, the factory takes no user id (the user is an argument of
-each call), and the preferences object is never recreated when the network changes:
-the store follows the monitor.
+The factory takes no user id (the user is an argument of each call), so one
+preferences object serves every user, and it is never recreated when the network
+changes: the store follows the monitor.
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ class PreferencesServer:
 
 
 class UserPreferences:
-    """The seed's preferences service: the preferred currency of each user."""
+    """The preferences service: the preferred currency of each user."""
 
     def __init__(self, store: cs.OfflineFirstStore) -> None:
         self._store = store
@@ -89,7 +89,7 @@ class UserPreferences:
 def create_user_preferences(
     folder: Path, server: PreferencesServer, queue: cs.SyncQueue, monitor: cs.NetworkMonitor
 ) -> tuple[UserPreferences, cs.OfflineFirstStore]:
-    """The seed's factory, without a user id: one preferences object for all users."""
+    """The factory, without a user id: one preferences object for all users."""
     store = cs.OfflineFirstStore(
         folder / "preferences.db",
         server,

@@ -243,7 +243,7 @@ are also callable: resolver(local, remote) is resolver.resolve(local, remote).)d
   py::class_<LastWriteWins, ConflictResolver, py::smart_holder>(m, "LastWriteWins", py::is_final(),
                                                                 R"doc(
 The newer write wins, by HLC timestamp: use_local() when local.hlc >= remote.hlc (a tie
-goes to the local operation, as the seed's TimestampConflictResolver), use_remote() when
+goes to the local operation: what the user did on this side), use_remote() when
 remote.hlc is newer. A remote without an hlc counts as older: use_local().)doc")
       .def(py::init<>())
       .def("__repr__", [](const LastWriteWins&) { return "LastWriteWins()"; });

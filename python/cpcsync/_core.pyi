@@ -484,7 +484,7 @@ class ConflictResolver:
 class LastWriteWins(ConflictResolver):
     """
     The newer write wins, by HLC timestamp: use_local() when local.hlc >= remote.hlc (a tie
-    goes to the local operation, as the seed's TimestampConflictResolver), use_remote() when
+    goes to the local operation: what the user did on this side), use_remote() when
     remote.hlc is newer. A remote without an hlc counts as older: use_local().
     """
     def __init__(self) -> None: ...

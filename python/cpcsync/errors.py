@@ -16,8 +16,8 @@ returning (delivered) or by raising one of:
 
 Any other exception from a transport is treated as transient.
 
-:class:`~cpcsync.OfflineFirstStore` raises its own three (the seed's composite
-adapter errors), each naming the side that failed, plus :class:`StoreClosedError`:
+:class:`~cpcsync.OfflineFirstStore` raises its own three, each naming the side that
+failed, plus :class:`StoreClosedError`:
 
 - :class:`OnlineFailure`: the remote side failed and nothing took its place (a write
   that could be neither sent nor queued; it was undone locally).
@@ -189,7 +189,7 @@ class ConflictError(SyncError):
 
 
 # --------------------------------------------------------------------------
-# OfflineFirstStore (the seed's composite adapter)
+# OfflineFirstStore
 
 
 class _StoreFailure(SyncError):

@@ -1,5 +1,4 @@
-"""OfflineFirstStore: the seed's composite adapter, a key-value store that keeps
-working offline.
+"""OfflineFirstStore: a key-value store that keeps working offline.
 
 A store keeps a *local copy* of its values (its own SQLite file) and talks to a
 *remote* (any object with ``get(key)`` and ``set(key, value)``: :class:`RemoteStore`).
@@ -11,8 +10,9 @@ A store keeps a *local copy* of its values (its own SQLite file) and talks to a
   or as an operation through the queue when offline or when the direct call fails.
   The store owns a :class:`~cpcsync.SyncEngine` that drains that queue to
   ``remote.set``, so queued writes go out when the network returns.
-- The store follows the monitor's notifications (the seed's observer and proxy
-  pattern): it never has to be recreated when the network comes and goes.
+- The store follows the monitor's notifications (it observes the monitor and, as a
+  proxy, delegates to an online or an offline route): it never has to be recreated
+  when the network comes and goes.
 
 Everything here is Python on purpose: each call is dominated by a remote call or an
 SQLite commit, and the parts that need speed or careful threading (the durable
@@ -547,7 +547,7 @@ class _KeyLocks:
 
 
 # --------------------------------------------------------------------------
-# the two routes the proxy switches between (the seed's Online / Offline impls)
+# the two routes the proxy switches between (online, offline)
 
 
 class _Route(abc.ABC):
@@ -663,7 +663,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class OfflineFirstStore:
-    """A key-value store that keeps working offline: the seed's composite adapter.
+    """A key-value store that keeps working offline.
 
     ``OfflineFirstStore(local_path, remote, queue, monitor, *, timeout=5.0, ...)``
 
@@ -1105,7 +1105,7 @@ class OfflineFirstStore:
         failure.__context__ = offline_error
         return failure
 
-    # The observer (the seed's NetworkStatusObserver): switch routes, nothing more. It
+    # The monitor's observer: switch routes, nothing more. It
     # runs on the thread that changed the monitor, with the GIL taken for the call.
     def _on_network(self, connected: bool) -> None:
         with self._route_lock:

@@ -13,7 +13,7 @@ __all__ = ["Attempt", "FaultyTransport"]
 
 
 class FaultyTransport(_core.FaultyTransport):
-    """A transport that injects failures, for tests (the seed's NetworkFaultMockClient).
+    """A transport that injects failures, for tests: a network you script.
 
     It wraps ``inner`` (any transport: a callable ``(op) -> None``, an
     :class:`~cpcsync.HttpTransport`, another FaultyTransport) or, with ``inner=None``,
