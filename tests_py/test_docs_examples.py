@@ -142,6 +142,30 @@ def test_python_block_runs(block: Block, tmp_path: Path, guard_dir: Path) -> Non
         assert re.search(rf"\b{tests} passed\b", proc.stdout), f"{block.id}\n{output}"
 
 
+@pytest.mark.parametrize(
+    "call",
+    [
+        'socket.getaddrinfo("example.org", 443)',
+        'socket.create_connection(("192.0.2.1", 80), timeout=0.1)',  # TEST-NET-1
+    ],
+)
+def test_blocks_reach_only_loopback(call: str, tmp_path: Path, guard_dir: Path) -> None:
+    # The guard itself: a block that looks a name up or connects off the machine fails
+    # before any packet leaves, while loopback works.
+    code = (
+        "import socket\n"
+        "server = socket.create_server(('127.0.0.1', 0))\n"
+        "socket.create_connection(server.getsockname(), timeout=5).close()\n"
+        "server.close()\n"
+        f"{call}\n"
+    )
+    block = Block(ROOT / "README.md", 0, "python", code, fragment=False)
+    proc = _run_block(block, tmp_path, guard_dir)
+    assert proc.returncode != 0
+    assert "examples may use 127.0.0.1 only" in proc.stderr, proc.stderr
+    assert "line 5" in proc.stderr, proc.stderr  # the loopback lines before it ran
+
+
 def test_fragment_markers_sit_on_python_blocks() -> None:
     # A marker with its reason, on the line above a python fence; any other (one
     # without a reason, or away from a fence) would silently do nothing. Markers
