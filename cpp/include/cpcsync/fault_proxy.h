@@ -87,6 +87,8 @@ struct FaultProxyStats {
   uint64_t bytes_upstream = 0;     // forwarded client -> server
   uint64_t bytes_downstream = 0;   // forwarded server -> client
   uint64_t upstream_failures = 0;  // connections closed because the upstream connect failed
+  uint64_t held_bytes = 0;         // read and not yet written (held by toxics), all connections
+  uint64_t held_memory = 0;        // memory holding them: 64 KiB blocks plus 16 bytes per read
 };
 
 class FaultProxy {
