@@ -268,6 +268,16 @@ def test_held_memory_counts_buffers_not_just_bytes(proxy: FaultProxy) -> None:
         assert eventually(lambda: proxy.stats()["held_memory"] == 0)
 
 
+def test_reset_enables_and_removes_every_toxic(proxy: FaultProxy, queue: cs.SyncQueue) -> None:
+    proxy.add_toxic("latency", latency=5)
+    proxy.add_toxic("bandwidth", stream="upstream", rate=0)
+    proxy.disable()
+    proxy.reset()
+    assert proxy.enabled and proxy.toxics == []
+    with via(proxy) as t:
+        t(take_op(queue))
+
+
 def test_upstream_down_closes_the_client_and_counts(queue: cs.SyncQueue) -> None:
     sock = socket.socket()
     sock.bind(("127.0.0.1", 0))
