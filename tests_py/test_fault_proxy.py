@@ -5,6 +5,7 @@ Delays are asserted as lower bounds on measured time; nothing waits on a sleep.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import time
@@ -211,7 +212,70 @@ def test_toxics_listing_update_and_stats(proxy: FaultProxy) -> None:
         "bytes_upstream",
         "bytes_downstream",
         "upstream_failures",
+        "held_bytes",
+        "held_memory",
     }
+
+
+def eventually(condition: Any, seconds: float = 20.0) -> bool:
+    """Polls ``condition`` (a state the proxy reaches on its own thread) until it holds."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.001)
+    return True
+
+
+def test_bandwidth_zero_stalls_until_the_rate_changes(
+    proxy: FaultProxy, server: SyncServer, queue: cs.SyncQueue
+) -> None:
+    proxy.add_toxic("bandwidth", rate=0)  # answers stall, as in Toxiproxy
+    with via(proxy, timeout=0.3) as t, pytest.raises(cs.NetworkTimeoutError):
+        t(take_op(queue, key="stalled"))
+    assert "stalled" in server.applied  # the request went through; its answer did not
+    proxy.update_toxic("bandwidth_downstream", rate=1000)
+    with via(proxy) as t:
+        t(take_op(queue, key="flows"))
+    assert "flows" in server.applied
+
+
+def test_removing_a_timeout_closes_the_connection_and_drops_what_it_stopped(
+    proxy: FaultProxy, server: SyncServer
+) -> None:
+    proxy.add_toxic("timeout", stream="upstream", timeout=0)
+    with socket.create_connection(proxy.address, timeout=10) as s:
+        s.sendall(b"POST /ops HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        assert eventually(lambda: proxy.stats()["active"] == 1)
+        proxy.remove_toxic("timeout_upstream")
+        with contextlib.suppress(ConnectionResetError):  # a reset is a close too
+            assert s.recv(100) == b""  # closed, with no answer
+    assert eventually(lambda: proxy.stats()["active"] == 0)
+    assert server.received == [] and proxy.stats()["bytes_upstream"] == 0
+
+
+def test_held_memory_counts_buffers_not_just_bytes(proxy: FaultProxy) -> None:
+    proxy.add_toxic("latency", stream="upstream", latency=60_000)
+    writes = 30_000
+    with socket.create_connection(proxy.address, timeout=10) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for _ in range(writes):
+            s.send(b"z")
+        assert eventually(lambda: proxy.stats()["held_bytes"] == writes)
+        memory = proxy.stats()["held_memory"]
+        assert 64 * 1024 <= memory <= 64 * 1024 + 16 * writes  # not 64 KiB per write
+        proxy.remove_toxic("latency_upstream")  # the bytes move on, the memory is freed
+        assert eventually(lambda: proxy.stats()["held_memory"] == 0)
+
+
+def test_reset_enables_and_removes_every_toxic(proxy: FaultProxy, queue: cs.SyncQueue) -> None:
+    proxy.add_toxic("latency", latency=5)
+    proxy.add_toxic("bandwidth", stream="upstream", rate=0)
+    proxy.disable()
+    proxy.reset()
+    assert proxy.enabled and proxy.toxics == []
+    with via(proxy) as t:
+        t(take_op(queue))
 
 
 def test_upstream_down_closes_the_client_and_counts(queue: cs.SyncQueue) -> None:

@@ -75,6 +75,8 @@ py::dict StatsDict(const FaultProxy& p) {
   d["bytes_upstream"] = s.bytes_upstream;
   d["bytes_downstream"] = s.bytes_downstream;
   d["upstream_failures"] = s.upstream_failures;
+  d["held_bytes"] = s.held_bytes;
+  d["held_memory"] = s.held_memory;
   return d;
 }
 
@@ -161,7 +163,8 @@ The C++ TCP proxy behind cpcsync.testing.FaultProxy (use that class instead).)do
           },
           "The toxics in the order added, as dicts.")
       .def("stats", &StatsDict,
-           "Counters: connections, active, bytes_upstream, bytes_downstream, upstream_failures.")
+           "Counters: connections, active, bytes_upstream, bytes_downstream, upstream_failures, "
+           "held_bytes, held_memory.")
       .def_property_readonly("running", &FaultProxy::running, "True between start() and stop().")
       .def_property_readonly("enabled", &FaultProxy::enabled, "False after disable().")
       .def_property_readonly("listen_host", &FaultProxy::listen_host, "The listening host.")

@@ -56,8 +56,13 @@ class FaultProxy::Impl {
   }
   FaultProxyStats Stats() const {
     constexpr auto r = std::memory_order_relaxed;
-    return {hub_.accepted.load(r), hub_.active.load(r), hub_.bytes_upstream.load(r),
-            hub_.bytes_downstream.load(r), hub_.upstream_failures.load(r)};
+    auto held = [&](const std::atomic<int64_t>& v) {
+      return static_cast<uint64_t>(std::max<int64_t>(0, v.load(r)));
+    };
+    return {hub_.accepted.load(r),          hub_.active.load(r),
+            hub_.bytes_upstream.load(r),    hub_.bytes_downstream.load(r),
+            hub_.upstream_failures.load(r), held(hub_.held.bytes),
+            held(hub_.held.memory)};
   }
   bool running() const {
     std::lock_guard lock(mu_);

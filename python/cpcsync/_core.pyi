@@ -881,7 +881,7 @@ class _FaultProxy:
     def toxics(self) -> list[dict[str, typing.Any]]:
         """The toxics in the order added, as dicts."""
     def stats(self) -> dict[str, int]:
-        """Counters: connections, active, bytes_upstream, bytes_downstream, upstream_failures."""
+        """Counters: connections, active, bytes_upstream, bytes_downstream, upstream_failures, held_bytes, held_memory."""
     @property
     def running(self) -> bool:
         """True between start() and stop()."""

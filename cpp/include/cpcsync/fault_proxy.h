@@ -11,17 +11,21 @@
 //
 // Toxics use Toxiproxy's names and attributes (all integers); each belongs to one
 // stream and has a toxicity, the probability that it applies to a given connection,
-// decided once per (connection, toxic) from the proxy's seed, so a seeded run with
-// the same connection order is reproducible:
-//   latency     latency, jitter (ms)     each chunk is held until it is `latency` +/-
-//                                        `jitter` old (uniform; never below 0)
-//   bandwidth   rate (KB/s, 1 KB = 1000) at most `rate` KB per second (0: no limit)
-//   timeout     timeout (ms)             data stops (held, not dropped); the connection
-//                                        is closed `timeout` ms after the toxic took
-//                                        effect; 0: held until the toxic is removed
+// drawn per (connection, toxic) from the proxy's seed when the toxic takes effect and
+// again on every update of the toxic (as in Toxiproxy), so a seeded run with the same
+// calls and connection order is reproducible:
+//   latency     latency, jitter (ms)     each read's bytes are held until they are
+//                                        `latency` +/- `jitter` old (uniform; >= 0)
+//   bandwidth   rate (KB/s, 1 KB = 1000) at most `rate` KB per second; 0: no data
+//                                        passes until the rate changes or the toxic goes
+//   timeout     timeout (ms)             data is dropped; the connection is closed
+//                                        `timeout` ms after the toxic took effect or was
+//                                        last updated (0: not), when its stream ends,
+//                                        or when the toxic is removed
 //   reset_peer  timeout (ms)             from the first data (or EOF) on the stream,
 //                                        data stops and after `timeout` ms both peers
-//                                        get a TCP RST (SO_LINGER 0, then close)
+//                                        get a TCP RST (SO_LINGER 0, then close), also
+//                                        on connections open before it was added
 //   slow_close  delay (ms)               the EOF is passed on `delay` ms late
 //   slicer      average_size, size_variation (bytes), delay (us)
 //                                        data is written in slices of average_size +/-
@@ -35,8 +39,9 @@
 // limit_data may end the connection. Toxics may be added, updated and removed while
 // traffic flows; a change applies at once to every open connection (a toxic "takes
 // effect" on a connection when it is added, or when the connection opens). Held
-// data is bounded (about 1 MiB per stream); beyond that the proxy stops reading, so
-// TCP flow control pushes back on the sender.
+// data is stored back to back in shared 64 KiB blocks (plus 16 bytes per read), and
+// bounded by that memory (about 1 MiB per stream); beyond that the proxy stops
+// reading, so TCP flow control pushes back on the sender.
 //
 // Disable() closes the listener (new connections are refused) and resets every open
 // connection (its client gets a TCP RST; its server a FIN); Enable() listens again
@@ -87,6 +92,8 @@ struct FaultProxyStats {
   uint64_t bytes_upstream = 0;     // forwarded client -> server
   uint64_t bytes_downstream = 0;   // forwarded server -> client
   uint64_t upstream_failures = 0;  // connections closed because the upstream connect failed
+  uint64_t held_bytes = 0;         // read and not yet written (held by toxics), all connections
+  uint64_t held_memory = 0;        // memory holding them: 64 KiB blocks plus 16 bytes per read
 };
 
 class FaultProxy {

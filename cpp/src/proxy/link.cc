@@ -12,24 +12,15 @@
 namespace cpcsync::proxy {
 namespace {
 
-constexpr size_t kPipeCap = 16 * BufferPool::kSize;  // bytes queued per direction before
-                                                     // the pipe stops reading
-constexpr size_t kGather = 16;                       // chunks per gathering write
+// Memory held per direction (ByteQueue::memory() plus the splice relay's bytes) at
+// which the pipe stops reading.
+constexpr size_t kPipeCap = 16 * BufferPool::kSize;
+// At most this much is handed to one write.
+constexpr size_t kMaxWrite = ByteQueue::kMaxGather * BufferPool::kSize;
 
 std::chrono::nanoseconds Ms(int64_t ms) { return std::chrono::milliseconds(ms); }
 
 }  // namespace
-
-std::unique_ptr<char[]> BufferPool::Take() {
-  if (free_.empty()) return std::make_unique_for_overwrite<char[]>(kSize);
-  std::unique_ptr<char[]> b = std::move(free_.back());
-  free_.pop_back();
-  return b;
-}
-
-void BufferPool::Give(std::unique_ptr<char[]> buffer) {
-  if (buffer && free_.size() < kMaxFree) free_.push_back(std::move(buffer));
-}
 
 // ---------------------------------------------------------------------------- Pipe
 
@@ -39,29 +30,38 @@ Pipe::Pipe(Connection& connection, tcp::socket& source, tcp::socket& sink, Toxic
       sink_(sink),
       stream_(stream),
       timer_(source.get_executor()),
-      rng_(Mix(Mix(connection.hub().seed, connection.id()), 2 + static_cast<int>(stream))) {}
+      rng_(Mix(Mix(connection.hub().seed, connection.id()), 2 + static_cast<int>(stream))),
+      queue_(connection.hub().pool, connection.hub().held) {}
 
-void Pipe::Sync(const ToxicSnapshot& snapshot, SteadyTime now) {
+bool Pipe::Sync(const ToxicSnapshot& snapshot, SteadyTime now) {
   const Hub& hub = connection_.hub();
   std::vector<State> next;
   for (const Toxic& t : *snapshot) {
     if (t.spec.stream != stream_) continue;
     State s{&t, Applies(hub.seed, connection_.id(), t), now, 0, std::nullopt};
     for (const State& old : states_) {
-      // Kept only while it applies throughout: a toxic that starts to apply (its
-      // toxicity raised) takes effect now.
-      if (old.toxic->serial == t.serial && old.applies && s.applies) {
-        s.start = old.start;
-        s.bytes = old.bytes;
-        s.reset_at = old.reset_at;
-      }
+      // Kept only while it applies throughout: a toxic that starts to apply (drawn
+      // again on an update) takes effect now. An updated timeout starts its clock
+      // again, as Toxiproxy restarts an updated toxic.
+      if (old.toxic->serial != t.serial || !old.applies || !s.applies) continue;
+      const bool restart = t.type == ToxicType::kTimeout && old.toxic->version != t.version;
+      s.start = restart ? now : old.start;
+      s.bytes = old.bytes;
+      s.reset_at = old.reset_at;
     }
     next.push_back(s);
   }
+  // Removing a timeout toxic ends the connections it applied to, as in Toxiproxy.
+  const bool timeout_removed = std::any_of(states_.begin(), states_.end(), [&](const State& old) {
+    return old.applies && old.toxic->type == ToxicType::kTimeout &&
+           std::none_of(next.begin(), next.end(),
+                        [&](const State& s) { return s.toxic->serial == old.toxic->serial; });
+  });
   snapshot_ = snapshot;  // keeps the toxics `next` points to alive
   states_ = std::move(next);
   toxic_ = std::any_of(states_.begin(), states_.end(), [](const State& s) { return s.applies; });
   if (toxic_) RelayToQueue();
+  return !timeout_removed;
 }
 
 bool Pipe::MakePlan(SteadyTime now, Plan& plan) {
@@ -74,14 +74,15 @@ bool Pipe::MakePlan(SteadyTime now, Plan& plan) {
         plan.latency_ms += t.Attr("latency");
         plan.jitter_ms += t.Attr("jitter");
         break;
-      case ToxicType::kBandwidth:
-        if (const int64_t r = t.Attr("rate"); r > 0) {
-          plan.rate = rate ? std::min(plan.rate, r) : r;
-          rate = true;
-        }
+      case ToxicType::kBandwidth: {
+        const int64_t r = t.Attr("rate");
+        plan.rate = rate ? std::min(plan.rate, r) : r;
+        plan.stall = plan.rate == 0;
+        rate = true;
         break;
+      }
       case ToxicType::kTimeout: {
-        plan.hold = true;
+        plan.drop = true;
         if (const int64_t ms = t.Attr("timeout"); ms > 0) {
           const SteadyTime at = s.start + Ms(ms);
           if (now >= at) {
@@ -123,19 +124,29 @@ bool Pipe::MakePlan(SteadyTime now, Plan& plan) {
       }
     }
   }
-  plan.shaped = slicer || rate || plan.limit_left >= 0;
-  if (!rate) rate_reserved_ = 0;
+  if (!rate || plan.stall) rate_reserved_ = 0;
   return true;
 }
 
-SteadyTime Pipe::ReadyAt(const Chunk& chunk, const Plan& plan) const {
-  if (plan.latency_ms == 0 && plan.jitter_ms == 0) return chunk.read_at;
-  const double offset = (2.0 * chunk.jitter_u - 1.0) * static_cast<double>(plan.jitter_ms);
+SteadyTime Pipe::ReadyAt(const ByteQueue::Mark& mark, const Plan& plan) const {
+  if (plan.latency_ms == 0 && plan.jitter_ms == 0) return mark.read_at;
+  const double offset = (2.0 * mark.jitter_u - 1.0) * static_cast<double>(plan.jitter_ms);
   const int64_t ms = std::max<int64_t>(0, plan.latency_ms + static_cast<int64_t>(offset));
-  return chunk.read_at + Ms(ms);
+  return mark.read_at + Ms(ms);
+}
+
+size_t Pipe::Ready(SteadyTime now, const Plan& plan) const {
+  if (plan.latency_ms == 0 && plan.jitter_ms == 0) return std::min(queue_.bytes(), kMaxWrite);
+  return queue_.ReadyBytes([&](const ByteQueue::Mark& m) { return ReadyAt(m, plan) <= now; },
+                           kMaxWrite);
 }
 
 bool Pipe::Step(SteadyTime now, Plan& plan) {
+  if (plan.drop) {  // a timeout toxic: data is lost; the stream's end ends the connection
+    queue_.Clear();
+    if (eof_) connection_.Close(CloseMode::kGraceful, "timeout toxic: the stream ended");
+    return false;
+  }
   if (waiting_write_ || plan.hold) return false;
   if (relay_.pending() > 0) return DrainRelay();  // the queue is empty then
   if (queue_.empty()) {
@@ -151,18 +162,19 @@ bool Pipe::Step(SteadyTime now, Plan& plan) {
     connection_.PipeFinished();
     return false;
   }
+  if (plan.stall) return false;  // until the rate changes or the toxic goes
   SteadyTime ready = std::max(ReadyAt(queue_.front(), plan), slice_gate_);
   if (plan.rate > 0 && rate_reserved_ > 0) ready = std::max(ready, rate_gate_);
   if (now < ready) {
     plan.wake = std::min(plan.wake, ready);
     return false;
   }
-  size_t limit = SIZE_MAX;
+  size_t limit = Ready(now, plan);  // > 0: the front is ready
   if (plan.limit_left == 0) {
     connection_.Close(CloseMode::kGraceful, "limit_data toxic");
     return false;
   }
-  if (plan.limit_left > 0) limit = static_cast<size_t>(plan.limit_left);
+  if (plan.limit_left > 0) limit = std::min(limit, static_cast<size_t>(plan.limit_left));
   if (plan.slice_min > 0) {
     std::uniform_int_distribution<int64_t> size(0, plan.slice_var);
     limit = std::min(limit, static_cast<size_t>(std::max<int64_t>(1, plan.slice_min + size(rng_))));
@@ -170,8 +182,7 @@ bool Pipe::Step(SteadyTime now, Plan& plan) {
   if (plan.rate > 0) {
     if (rate_reserved_ == 0) {
       // Pay for the next piece (at most 100 ms worth) before sending it.
-      const size_t piece = std::min<size_t>(
-          {limit, queue_.front().end - queue_.front().begin, static_cast<size_t>(plan.rate) * 100});
+      const size_t piece = std::min(limit, static_cast<size_t>(plan.rate) * 100);
       rate_reserved_ = piece;
       rate_gate_ = std::max(rate_gate_, now) +
                    std::chrono::nanoseconds(static_cast<int64_t>(piece) * 1'000'000 / plan.rate);
@@ -180,22 +191,15 @@ bool Pipe::Step(SteadyTime now, Plan& plan) {
     }
     limit = std::min(limit, rate_reserved_);
   }
-  const size_t n = TryWrite(limit, !plan.shaped);
+  const size_t n = TryWrite(limit);
   if (n == 0) return false;
   Consumed(n, plan, now);
   return !connection_.closed();
 }
 
-size_t Pipe::TryWrite(size_t limit, bool gather) {
-  std::array<asio::const_buffer, kGather> buffers;
-  size_t count = 0, total = 0;
-  for (const Chunk& c : queue_) {
-    if (count == kGather || total >= limit) break;
-    const size_t len = std::min(c.end - c.begin, limit - total);
-    buffers[count++] = asio::buffer(c.data.get() + c.begin, len);
-    total += len;
-    if (!gather) break;
-  }
+size_t Pipe::TryWrite(size_t limit) {
+  ByteQueue::Buffers buffers;
+  const size_t count = queue_.Gather(buffers, limit);
   asio::error_code ec;
   const size_t n = sink_.write_some(std::span<const asio::const_buffer>(buffers.data(), count), ec);
   if (ec == asio::error::would_block || ec == asio::error::try_again) {
@@ -213,19 +217,8 @@ size_t Pipe::TryWrite(size_t limit, bool gather) {
 }
 
 void Pipe::Consumed(size_t n, const Plan& plan, SteadyTime now) {
-  Hub& hub = connection_.hub();
   Count(n);
-  queued_bytes_ -= n;
-  for (size_t left = n; left > 0;) {
-    Chunk& c = queue_.front();
-    const size_t take = std::min(left, c.end - c.begin);
-    c.begin += take;
-    left -= take;
-    if (c.begin == c.end) {
-      hub.pool.Give(std::move(c.data));
-      queue_.pop_front();
-    }
-  }
+  queue_.Consume(n);
   if (plan.rate > 0) rate_reserved_ -= std::min(rate_reserved_, n);
   if (plan.slice_min > 0) slice_gate_ = now + std::chrono::microseconds(plan.slice_delay_us);
   bool limit_reached = false;
@@ -253,7 +246,9 @@ void Pipe::Pump() {
 }
 
 void Pipe::WaitReadable() {
-  if (waiting_read_ || eof_ || relay_full_ || queued_bytes_ + relay_.pending() >= kPipeCap) return;
+  if (waiting_read_ || eof_ || relay_full_ || queue_.memory() + relay_.pending() >= kPipeCap) {
+    return;
+  }
   Await(source_, tcp::socket::wait_read, waiting_read_);
 }
 
@@ -329,25 +324,25 @@ bool Pipe::DrainRelay() {
 }
 
 void Pipe::RelayToQueue() {
-  Hub& hub = connection_.hub();
+  if (relay_.pending() == 0) return;
   const SteadyTime now = SteadyClock::now();
+  const float jitter = DrawJitter();
   while (relay_.pending() > 0) {
-    std::unique_ptr<char[]> buffer = hub.pool.Take();
-    const SpliceRelay::Result r = relay_.ReadOut(buffer.get(), BufferPool::kSize);
+    const std::span<char> tail = queue_.Tail();
+    const SpliceRelay::Result r = relay_.ReadOut(tail.data(), tail.size());
     if (r.status != SpliceRelay::Status::kMoved) {
-      hub.pool.Give(std::move(buffer));
+      queue_.TrimTail();
       connection_.Close(CloseMode::kGraceful, "cannot read the splice pipe");
       return;
     }
-    PushChunk(std::move(buffer), r.bytes, now);
+    queue_.Commit(r.bytes, now, jitter);  // one read: one mark
   }
   relay_full_ = false;
 }
 
-void Pipe::PushChunk(std::unique_ptr<char[]> data, size_t n, SteadyTime now) {
-  std::uniform_real_distribution<double> unit(0.0, 1.0);
-  queue_.push_back(Chunk{std::move(data), 0, n, now, unit(rng_)});
-  queued_bytes_ += n;
+float Pipe::DrawJitter() {
+  std::uniform_real_distribution<float> unit(0.0f, 1.0f);
+  return unit(rng_);
 }
 
 void Pipe::Count(size_t n) {
@@ -357,13 +352,14 @@ void Pipe::Count(size_t n) {
 }
 
 void Pipe::ReadBuffered() {
-  Hub& hub = connection_.hub();
-  while (queued_bytes_ < kPipeCap) {
-    std::unique_ptr<char[]> buffer = hub.pool.Take();
+  const SteadyTime now = SteadyClock::now();
+  std::optional<float> jitter;  // drawn for the first byte read: one mark per call
+  while (queue_.memory() < kPipeCap) {
+    const std::span<char> tail = queue_.Tail();
     asio::error_code ec;
-    const size_t n = source_.read_some(asio::buffer(buffer.get(), BufferPool::kSize), ec);
+    const size_t n = source_.read_some(asio::buffer(tail.data(), tail.size()), ec);
     if (ec) {
-      hub.pool.Give(std::move(buffer));
+      queue_.TrimTail();
       if (ec == asio::error::would_block || ec == asio::error::try_again) return;
       if (ec == asio::error::eof) {
         eof_ = true;
@@ -376,8 +372,9 @@ void Pipe::ReadBuffered() {
           "read failed");
       return;
     }
-    PushChunk(std::move(buffer), n, SteadyClock::now());
-    if (n < BufferPool::kSize) return;  // most likely drained: let the reactor say
+    if (!jitter) jitter = DrawJitter();
+    queue_.Commit(n, now, *jitter);
+    if (n < tail.size()) return;  // most likely drained: let the reactor say
   }
 }
 
@@ -395,6 +392,7 @@ void Pipe::ArmTimer(SteadyTime at) {
 void Pipe::Cancel() {
   timer_.cancel();
   timer_at_ = SteadyTime::max();
+  queue_.Clear();
 }
 
 // ---------------------------------------------------------------------------- Connection
@@ -438,8 +436,12 @@ void Connection::Connected() {
 void Connection::ToxicsChanged() {
   if (closed_ || !connected_) return;
   const SteadyTime now = SteadyClock::now();
-  up_.Sync(hub_.toxics, now);
-  down_.Sync(hub_.toxics, now);
+  const bool keep = up_.Sync(hub_.toxics, now) && !closed_ && down_.Sync(hub_.toxics, now);
+  if (closed_) return;
+  if (!keep) {
+    Close(CloseMode::kGraceful, "timeout toxic removed");
+    return;
+  }
   up_.Pump();
   down_.Pump();
 }

@@ -2,16 +2,15 @@
 // (Pipe), and what they share with the proxy (Hub). Everything here runs on the
 // proxy's I/O thread only, except the atomic counters in Hub.
 //
-// A Pipe reads from its source socket when it is readable (non-blocking reads into
-// pooled 64 KiB buffers, at most kPipeCap bytes queued), and Pump() writes the queue
-// to the sink as far as the toxics allow, with non-blocking writes (gathering several
-// chunks per write when no toxic shapes the stream). While no toxic applies to the
-// stream and nothing is queued, bytes go through a SpliceRelay instead (zero-copy);
-// when a toxic starts to apply, what the relay holds moves into the queue, so order is
-// kept and the toxic sees it. What a pipe cannot do now it waits for: the socket
-// becoming readable or writable, or the pipe's timer (the earliest moment a toxic
-// lets something happen). Pump() recomputes everything from the current state, so a
-// spurious call is harmless; that is how toxic changes reach open connections.
+// A Pipe reads from its source socket when it is readable (non-blocking reads into a
+// ByteQueue, until it holds kPipeCap bytes of memory), and Pump() writes the queue to
+// the sink as far as the toxics allow, with non-blocking gathering writes. While no toxic applies
+// to the stream and nothing is queued, bytes go through a SpliceRelay instead (zero-copy); when a
+// toxic starts to apply, what the relay holds moves into the queue, so order is kept and the toxic
+// sees it. What a pipe cannot do now it waits for: the socket becoming readable or writable, or the
+// pipe's timer (the earliest moment a toxic lets something happen). Pump() recomputes everything
+// from the current state, so a spurious call is harmless; that is how toxic changes reach open
+// connections.
 #pragma once
 
 #include <asio.hpp>
@@ -25,34 +24,22 @@
 #include <unordered_map>
 #include <vector>
 
+#include "proxy/byte_queue.h"
 #include "proxy/splice.h"
 #include "proxy/toxics.h"
 
 namespace cpcsync::proxy {
 
 using asio::ip::tcp;
-using SteadyClock = std::chrono::steady_clock;
-using SteadyTime = SteadyClock::time_point;
 
 class Connection;
-
-// Recycles the I/O buffers (one thread only).
-class BufferPool {
- public:
-  static constexpr size_t kSize = size_t{64} * 1024;
-  std::unique_ptr<char[]> Take();
-  void Give(std::unique_ptr<char[]> buffer);
-
- private:
-  static constexpr size_t kMaxFree = 64;
-  std::vector<std::unique_ptr<char[]>> free_;
-};
 
 // What connections share with their proxy.
 struct Hub {
   uint64_t seed = 0;
   ToxicSnapshot toxics = std::make_shared<const ToxicList>();
   BufferPool pool;
+  HeldCounters held;  // what every pipe's queue holds
   std::unordered_map<uint64_t, std::shared_ptr<Connection>> connections;
   std::atomic<uint64_t> accepted{0};
   std::atomic<uint64_t> active{0};
@@ -74,21 +61,17 @@ class Pipe {
   Pipe& operator=(const Pipe&) = delete;
 
   // Takes the toxics of `snapshot` that belong to this stream; keeps the state of
-  // those it already had (their start time, bytes passed, a pending reset).
-  void Sync(const ToxicSnapshot& snapshot, SteadyTime now);
+  // those it already had (their start time, bytes passed, a pending reset). Returns
+  // false when the change ends the connection (a timeout toxic that applied here was
+  // removed); the caller closes it then.
+  bool Sync(const ToxicSnapshot& snapshot, SteadyTime now);
   // Moves data as far as the toxics allow now, and arranges to be called again.
   void Pump();
+  // Stops the timer and lets go of the held data (the connection closed).
   void Cancel();
   bool finished() const { return shutdown_sent_; }
 
  private:
-  struct Chunk {
-    std::unique_ptr<char[]> data;
-    size_t begin = 0;
-    size_t end = 0;
-    SteadyTime read_at;
-    double jitter_u = 0.5;  // uniform in [0, 1): where in [-jitter, +jitter] the delay falls
-  };
   struct State {
     const Toxic* toxic = nullptr;  // points into snapshot_
     bool applies = false;
@@ -98,8 +81,9 @@ class Pipe {
   };
   // The decisions of the stream's toxics at `now`.
   struct Plan {
-    bool hold = false;    // timeout / armed reset_peer: nothing passes
-    bool shaped = false;  // a toxic limits what one write may carry
+    bool hold = false;   // armed reset_peer: nothing passes
+    bool drop = false;   // timeout: what arrives is discarded
+    bool stall = false;  // bandwidth with rate 0: no data passes (an EOF alone does)
     SteadyTime wake = SteadyTime::max();
     int64_t latency_ms = 0, jitter_ms = 0, rate = 0, slow_close_ms = 0;
     int64_t slice_min = 0, slice_var = 0, slice_delay_us = 0;
@@ -121,14 +105,17 @@ class Pipe {
   // Moves the relay's bytes to the front of the (empty) queue.
   void RelayToQueue();
   bool DrainRelay();
-  void PushChunk(std::unique_ptr<char[]> data, size_t n, SteadyTime now);
+  // Bytes at the front of the queue that latency lets pass at `now` (all of them
+  // when there is no latency).
+  size_t Ready(SteadyTime now, const Plan& plan) const;
   void Count(size_t n);
   // Writes up to `limit` bytes from the queue; returns bytes written (0: socket full,
   // a wait for writability is pending, or the connection closed).
-  size_t TryWrite(size_t limit, bool gather);
+  size_t TryWrite(size_t limit);
   void Consumed(size_t n, const Plan& plan, SteadyTime now);
   void ArmTimer(SteadyTime at);
-  SteadyTime ReadyAt(const Chunk& chunk, const Plan& plan) const;
+  SteadyTime ReadyAt(const ByteQueue::Mark& mark, const Plan& plan) const;
+  float DrawJitter();
 
   Connection& connection_;
   tcp::socket& source_;
@@ -146,8 +133,7 @@ class Pipe {
   bool splice_off_ = false;  // splice unsupported here: always buffered
   bool relay_full_ = false;  // the relay refused more: drain it before reading again
 
-  std::deque<Chunk> queue_;
-  size_t queued_bytes_ = 0;
+  ByteQueue queue_;
   bool waiting_read_ = false;
   bool waiting_write_ = false;
   bool eof_ = false;

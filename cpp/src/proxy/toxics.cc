@@ -120,6 +120,7 @@ Toxic UpdatedToxic(const Toxic& toxic, const std::map<std::string, int64_t>& att
                    std::optional<double> toxicity) {
   CheckAttributes(InfoOf(toxic.type), attributes, toxic.spec.name);
   Toxic updated = toxic;
+  ++updated.version;
   for (const auto& [key, value] : attributes) updated.spec.attributes[key] = value;
   if (toxicity) {
     CheckToxicity(*toxicity);
@@ -140,7 +141,7 @@ bool Applies(uint64_t seed, uint64_t connection, const Toxic& toxic) {
   const double toxicity = toxic.spec.toxicity;
   if (toxicity >= 1.0) return true;
   if (toxicity <= 0.0) return false;
-  const uint64_t h = Mix(Mix(seed, connection), toxic.serial);
+  const uint64_t h = Mix(Mix(Mix(seed, connection), toxic.serial), toxic.version);
   const double u = static_cast<double>(h >> 11) * 0x1.0p-53;  // uniform in [0, 1)
   return u < toxicity;
 }

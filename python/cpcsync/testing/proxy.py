@@ -8,9 +8,10 @@ I/O thread): nothing to install, no control port. See docs/fault-proxy.md.
 Toxic types and attributes (all ints, as Toxiproxy names them; missing ones are 0):
 
 - ``latency(latency, jitter)``: milliseconds added to each chunk, +/- jitter.
-- ``bandwidth(rate)``: at most ``rate`` KB/s (1 KB = 1000 bytes; 0: no limit).
-- ``timeout(timeout)``: data stops and the connection closes after ``timeout`` ms;
-  0: data is held until the toxic is removed.
+- ``bandwidth(rate)``: at most ``rate`` KB/s (1 KB = 1000 bytes); 0: the stream
+  stalls until the rate changes or the toxic is removed.
+- ``timeout(timeout)``: data is dropped and the connection closes after ``timeout``
+  ms (0: it does not); removing the toxic closes the connections it applied to.
 - ``reset_peer(timeout)``: ``timeout`` ms after the first data, both peers get a
   TCP RST.
 - ``slow_close(delay)``: the close (EOF) is passed on ``delay`` ms late.
@@ -20,7 +21,8 @@ Toxic types and attributes (all ints, as Toxiproxy names them; missing ones are 
 
 Each toxic acts on one ``stream``: ``"upstream"`` (client to server) or
 ``"downstream"`` (server to client, the default), and applies to a connection with
-probability ``toxicity``, drawn per connection from ``seed``.
+probability ``toxicity``, drawn per connection from ``seed`` and again on every
+update of the toxic (as in Toxiproxy).
 """
 
 from __future__ import annotations
@@ -196,11 +198,20 @@ class FaultProxy:
         """False after disable(), until enable()."""
         return self._core.enabled
 
+    def reset(self) -> None:
+        """Toxiproxy's ``POST /reset``: enable the proxy and remove every toxic (a
+        removed ``timeout`` closes the connections it applied to)."""
+        self.enable()
+        for t in self.toxics:
+            self.remove_toxic(t["name"])
+
     def stats(self) -> dict[str, int]:
         """Counters: ``connections`` accepted in total, ``active`` open now,
-        ``bytes_upstream`` / ``bytes_downstream`` forwarded each way, and
+        ``bytes_upstream`` / ``bytes_downstream`` forwarded each way,
         ``upstream_failures`` (connections closed because the upstream refused or
-        was unreachable)."""
+        was unreachable), ``held_bytes`` (read and not yet written: held by toxics)
+        and ``held_memory`` (the memory holding them: 64 KiB blocks shared by the
+        reads, plus 16 bytes per read)."""
         return self._core.stats()
 
     def __repr__(self) -> str:
