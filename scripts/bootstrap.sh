@@ -29,9 +29,10 @@ esac
 START=$SECONDS
 phase() { echo "== bootstrap ($MODE) [$1/4, at $((SECONDS - START)) s]: $2"; }
 
-# What the library, the module and the demo need to build and run.
+# What the library, the module and the demo need to build and run (python3-dev: the
+# headers of Debian's own python3, for a build with it; a pyenv Python ships its own).
 APT_BUILD=(g++ cmake ninja-build libsqlite3-dev libspdlog-dev libfmt-dev libasio-dev
-           nlohmann-json3-dev python3-venv)
+           nlohmann-json3-dev python3-dev python3-venv)
 # What make test and make sanitize add: GoogleTest, Google Benchmark, the sqlite3 and
 # openssl commands and libfaketime (used by tests), clang-format/-tidy and cppcheck.
 APT_TEST=(libgtest-dev libgmock-dev libbenchmark-dev sqlite3 clang-format clang-tidy cppcheck

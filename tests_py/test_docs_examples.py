@@ -283,13 +283,12 @@ def _bootstrap_packages(array: str) -> set[str]:
 @pytest.mark.parametrize("words", APT_COMMANDS)
 def test_apt_line_has_what_the_build_needs(words: list[str]) -> None:
     # The install section's apt-get line names every package bootstrap.sh installs to
-    # build the package (python3-dev besides: Debian's python3 has no headers without
-    # it; bootstrap works with whichever Python it finds).
+    # build the package, and nothing else.
     assert words[:4] == ["sudo", "apt-get", "install", "-y"], words
     shown = set(words[4:])
     missing = _bootstrap_packages("APT_BUILD") - shown
     assert not missing, f"the docs' apt-get line lacks {sorted(missing)}"
-    extra = shown - _bootstrap_packages("APT_BUILD") - {"python3-dev"}
+    extra = shown - _bootstrap_packages("APT_BUILD")
     assert not extra, f"the docs' apt-get line has packages the build does not need: {extra}"
 
 
