@@ -3,6 +3,7 @@ progress lines add up, and Ctrl-C or SIGTERM stops it cleanly."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -289,23 +290,20 @@ def _lines(stream: object) -> Iterator[str]:
         yield line
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
-def test_a_signal_stops_the_demo_cleanly(tmp_path: Path, signum: signal.Signals) -> None:
-    chart = tmp_path / "timeline.png"
-    tmp = tmp_path / "tmp"  # the default workdir goes here (TMPDIR)
-    tmp.mkdir()
-    args = ["--duration", "30", "--no-live", "--chart", str(chart)]
-    workdir = tmp_path / "run"
-    if signum == signal.SIGINT:
-        args += ["--workdir", str(workdir)]  # a folder the demo creates
+@contextlib.contextmanager
+def _demo_online(
+    args: list[str], cwd: Path, env: dict[str, str] | None = None, start_new_session: bool = False
+) -> Iterator[tuple[subprocess.Popen[str], list[str]]]:
+    """Runs `python -m cpcsync.demo *args` and yields it with its output so far once a
+    progress line shows the client online (mid-run); kills it on the way out if alive."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "cpcsync.demo", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        cwd=tmp_path,
-        env={**os.environ, "TMPDIR": str(tmp)},
-        start_new_session=True,  # its own process group, as a terminal's job is
+        cwd=cwd,
+        env=env,
+        start_new_session=start_new_session,
     )
     try:
         out: list[str] = []
@@ -315,6 +313,28 @@ def test_a_signal_stops_the_demo_cleanly(tmp_path: Path, signum: signal.Signals)
                 break  # mid-run: the client runs and delivers
         else:
             pytest.fail("no progress line: " + "".join(out) + proc.stderr.read())  # type: ignore[union-attr]
+        yield proc, out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_stops_the_demo_cleanly(tmp_path: Path, signum: signal.Signals) -> None:
+    chart = tmp_path / "timeline.png"
+    tmp = tmp_path / "tmp"  # the default workdir goes here (TMPDIR)
+    tmp.mkdir()
+    args = ["--duration", "30", "--no-live", "--chart", str(chart)]
+    workdir = tmp_path / "run"
+    if signum == signal.SIGINT:
+        args += ["--workdir", str(workdir)]  # a folder the demo creates
+    with _demo_online(
+        args,
+        tmp_path,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        start_new_session=True,  # its own process group, as a terminal's job is
+    ) as (proc, out):
         children = _descendants(proc.pid)
         assert children, "the demo runs its client as a child process"
         if signum == signal.SIGINT:
@@ -322,10 +342,6 @@ def test_a_signal_stops_the_demo_cleanly(tmp_path: Path, signum: signal.Signals)
         else:
             proc.send_signal(signal.SIGTERM)
         rest, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     stdout = "".join(out) + rest
     assert proc.returncode == 128 + signum, stdout + err
     assert "Traceback" not in stdout + err, stdout + err
@@ -349,27 +365,11 @@ def test_the_demo_keeps_a_given_workdir_and_removes_only_its_files(tmp_path: Pat
     workdir = tmp_path / "mine"
     workdir.mkdir()
     (workdir / "notes.txt").write_text("not the demo's")
-    proc = subprocess.Popen(
-        [
-            *(sys.executable, "-m", "cpcsync.demo", "--duration", "30", "--no-live"),
-            *("--workdir", str(workdir), "--chart", str(tmp_path / "c.png")),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=tmp_path,
-    )
-    try:
-        for line in _lines(proc.stdout):
-            if line.startswith("[") and "client online" in line:
-                break
+    args = ["--duration", "30", "--no-live", "--workdir", str(workdir)]
+    with _demo_online([*args, "--chart", str(tmp_path / "c.png")], tmp_path) as (proc, _):
         assert (workdir / "ledger.jsonl").exists()
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
     assert proc.returncode == 143, err
     assert f"removed its files in {workdir}" in err
     assert sorted(p.name for p in workdir.iterdir()) == ["notes.txt"]
