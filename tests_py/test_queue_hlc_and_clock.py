@@ -163,6 +163,28 @@ def test_network_failures_are_not_attempts(queue: cs.SyncQueue) -> None:
         queue.retry(op_id, 0.0, "e", True)  # type: ignore[misc]  # keyword only
 
 
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_taken_at_is_the_time_of_the_take_that_returned_the_op(kind: str, tmp_path: Path) -> None:
+    clock = cs.VirtualClock(start=100.0)
+    if kind == "memory":
+        q = cs.SyncQueue.in_memory(clock=clock)
+    else:
+        q = cs.SyncQueue.open(tmp_path / "q.db", clock=clock)
+    with q:
+        op_id = q.enqueue("k", b"x", key="a")
+        clock.advance(2.0)
+        [op] = q.take(1)
+        assert (op.taken_at, op.first_attempt_at) == (102.0, 102.0)
+        q.retry(op.id, 0.0, error="HTTP 503")
+        clock.advance(3.0)
+        [op] = q.take(1)
+        assert (op.taken_at, op.first_attempt_at) == (105.0, 102.0)
+        # not stored: a read of the same op outside a take has none
+        assert q.get(op_id).taken_at is None
+        q.retry(op.id, 0.0, error="HTTP 503")
+        assert [o.taken_at for o in q.peek(10)] == [None]
+
+
 # ------------------------------------------------------------ clock back across a restart
 
 

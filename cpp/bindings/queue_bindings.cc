@@ -175,7 +175,8 @@ void InitQueue(py::module_& m) {
 One queued operation, as a snapshot (it does not change when the queue does).
 Attributes: id, kind, key, payload (bytes), priority, idempotency_key, hlc,
 created_at, attempts, network_failures, next_attempt_at, last_error, state
-("pending", "in_flight" or "dead"), expires_at, base_version.)doc")
+("pending", "in_flight" or "dead"), expires_at, first_attempt_at, base_version,
+taken_at.)doc")
       .def_readonly("id", &Operation::id, "Queue-assigned id, increasing in enqueue order.")
       .def_readonly("kind", &Operation::kind, "What the operation does, e.g. 'set_currency'.")
       .def_readonly("key", &Operation::key, "The entity it applies to (ordering lane), or None.")
@@ -204,6 +205,9 @@ created_at, attempts, network_failures, next_attempt_at, last_error, state
       .def_readonly("expires_at", &Operation::expires_at, "TTL deadline, or None.")
       .def_readonly("first_attempt_at", &Operation::first_attempt_at,
                     "When it was first taken, or None.")
+      .def_readonly("taken_at", &Operation::taken_at,
+                    "When the take that returned this op leased it (queue clock); None on "
+                    "ops read by peek() or dead_letters().")
       .def_readonly("base_version", &Operation::base_version,
                     "The remote version a conflict resolution resends it against, or None.")
       .def(

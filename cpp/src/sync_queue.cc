@@ -111,7 +111,10 @@ std::vector<Operation> SyncQueue::Take(size_t n) {
   auto guard = Guard();
   EnsureConsumer();
   if (n == 0) return {};
-  return storage_->Take(n, clock_->Monotonic());
+  const double now = clock_->Monotonic();
+  std::vector<Operation> ops = storage_->Take(n, now);
+  for (Operation& op : ops) op.taken_at = now;
+  return ops;
 }
 
 void SyncQueue::Ack(int64_t id) {

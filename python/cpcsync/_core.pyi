@@ -283,8 +283,9 @@ class Operation:
     """
     One queued operation, as a snapshot (it does not change when the queue does).
     Attributes: id, kind, key, payload (bytes), priority, idempotency_key, hlc,
-    created_at, attempts, next_attempt_at, last_error, state ("pending", "in_flight"
-    or "dead"), expires_at, base_version.
+    created_at, attempts, network_failures, next_attempt_at, last_error, state
+    ("pending", "in_flight" or "dead"), expires_at, first_attempt_at, base_version,
+    taken_at.
     """
     def __repr__(self) -> str: ...
     def json(self) -> typing.Any:
@@ -374,6 +375,11 @@ class Operation:
     def state(self) -> str:
         """
         'pending', 'in_flight' or 'dead'.
+        """
+    @property
+    def taken_at(self) -> float | None:
+        """
+        When the take that returned this op leased it (queue clock); None on ops read by peek() or dead_letters().
         """
 
 class Remote:

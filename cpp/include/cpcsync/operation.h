@@ -40,6 +40,9 @@ struct Operation {
   std::optional<double> expires_at;
   std::optional<double> first_attempt_at;
   std::optional<int64_t> base_version;
+  // When the take that returned this copy leased it (queue clock). Not stored: set
+  // only on the ops SyncQueue::Take returns, none on those Peek or DeadLetters read.
+  std::optional<double> taken_at;
 };
 
 // What a caller hands to SyncQueue::Enqueue.

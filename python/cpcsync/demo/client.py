@@ -178,14 +178,10 @@ class VersionedTransport:
         self._transitions_seen = transitions
         # A key's effective priority is the highest among its pending ops (priority
         # inheritance): a LOW head goes first when a CRITICAL op waits behind it.
-        # Compare with the queue as it was when the engine took `op`: ops enqueued or
-        # come due between that take and this call (a wide gap on a loaded machine or
-        # under ASan) were not there to choose. A first attempt's take time is exact;
-        # for a retry it is not kept, so the time of this call stands in for it.
-        taken_at = time.time()
-        # (attempts counts answered failures only: a network failure is not an attempt)
-        if op.attempts == 1 and op.network_failures == 0 and op.first_attempt_at is not None:
-            taken_at = op.first_attempt_at
+        # Compare with the queue as it was when the engine took `op` (op.taken_at):
+        # ops enqueued or come due between that take and this call (a wide gap on a
+        # loaded machine or under ASan) were not there to choose.
+        taken_at = op.taken_at if op.taken_at is not None else time.time()
         lanes: dict[str, list[cs.Operation]] = {}
         for o in self._queue.peek(100_000):
             if o.created_at <= taken_at:
