@@ -47,6 +47,7 @@ class PyBackoffStrategy : public BackoffStrategy, public py::trampoline_self_lif
  public:
   double NextDelay(int attempt) override {
     CheckAttempt(attempt);
+    PythonCall call("the Python backoff strategy");
     py::gil_scoped_acquire gil;
     py::function override =
         py::get_override(static_cast<const BackoffStrategy*>(this), "next_delay");
@@ -62,6 +63,7 @@ class PyBackoffStrategy : public BackoffStrategy, public py::trampoline_self_lif
   }
 
   StrategyPtr Clone() const override {
+    PythonCall call("the Python backoff strategy");
     py::gil_scoped_acquire gil;
     py::function override = py::get_override(static_cast<const BackoffStrategy*>(this), "clone");
     if (override) return override().cast<StrategyPtr>();
@@ -70,11 +72,14 @@ class PyBackoffStrategy : public BackoffStrategy, public py::trampoline_self_lif
   }
 
   bool Stateful() const override {
+    PythonCall call("the Python backoff strategy");
     py::gil_scoped_acquire gil;
     return static_cast<bool>(py::get_override(static_cast<const BackoffStrategy*>(this), "clone"));
   }
 
   std::string Describe() const override {
+    PythonCall call;
+    if (!call) return "BackoffStrategy (Python; the interpreter is exiting)";
     py::gil_scoped_acquire gil;
     return py::repr(Self());
   }
@@ -93,17 +98,21 @@ class CallableBackoff final : public BackoffStrategy {
 
   double NextDelay(int attempt) override {
     CheckAttempt(attempt);
+    PythonCall call("the Python backoff strategy");
     py::gil_scoped_acquire gil;
     py::object result = fn_.get()(attempt);
     return DelayFromPython(result, fn_.get());
   }
 
   StrategyPtr Clone() const override {
+    PythonCall call("the Python backoff strategy");
     py::gil_scoped_acquire gil;
     return std::make_shared<CallableBackoff>(fn_.get());
   }
 
   std::string Describe() const override {
+    PythonCall call;
+    if (!call) return "CallableBackoff (the interpreter is exiting)";
     py::gil_scoped_acquire gil;
     return "CallableBackoff(" + std::string(py::repr(fn_.get())) + ")";
   }

@@ -52,6 +52,36 @@ std::shared_ptr<ConflictResolver> ResolverFromPython(py::handle obj);
 // True once Python must not be touched from C++: not initialised, or finalising.
 bool PythonFinalizing();
 
+// The one door from C++ into Python: every place that takes the GIL on a thread
+// Python may not hold it (engine workers, monitor and log threads, destructors that
+// run anywhere) first enters a PythonCall, and takes the GIL only if it got in.
+//
+// Why: Python 3.11 ends (pthread_exit) a thread that takes the GIL after
+// finalisation began, and that forced unwind through C++ frames with catch (...) or
+// noexcept aborts the process ("FATAL: exception not rethrown"). So at interpreter
+// exit an atexit hook (registered first by the module, so it runs after cpcsync's
+// other exit hooks) closes the gate, waits with the GIL released (at most 5 s) for
+// the calls already inside to leave, and from then on refuses every thread but the
+// one exiting. Lock-free; a forked child counts only the forking thread's calls.
+//
+//   PythonCall call;  if (!call) return <what the caller does without Python>;
+//   py::gil_scoped_acquire gil;  // declared after: released before the call leaves
+class PythonCall {
+ public:
+  PythonCall();                          // check with operator bool
+  explicit PythonCall(const char* who);  // std::runtime_error naming `who` if refused
+  ~PythonCall();
+  PythonCall(const PythonCall&) = delete;
+  PythonCall& operator=(const PythonCall&) = delete;
+  explicit operator bool() const { return entered_; }
+
+ private:
+  bool entered_ = false;
+};
+
+// Registers the gate's atexit hook. Called first by the module's init.
+void InitPythonGate(py::module_& m);
+
 // A Python object owned from C++ by something that may die on any thread, with or
 // without the GIL: released with the GIL taken, or leaked if the interpreter is
 // finalising or the GIL cannot be taken (never touched without the GIL; never throws).

@@ -55,6 +55,7 @@ Resolution CallPython(const py::object& fn, py::handle source, const Operation& 
 class PyConflictResolver : public ConflictResolver, public py::trampoline_self_life_support {
  public:
   Resolution Resolve(const Operation& local, const Remote& remote) override {
+    PythonCall call("the Python conflict resolver");
     py::gil_scoped_acquire gil;
     py::function override = py::get_override(static_cast<const ConflictResolver*>(this), "resolve");
     if (!override) {
@@ -124,6 +125,7 @@ class CallableResolver final : public ConflictResolver {
   explicit CallableResolver(py::object fn) : fn_(std::move(fn)) {}  // called with the GIL
 
   Resolution Resolve(const Operation& local, const Remote& remote) override {
+    PythonCall call("the Python conflict resolver");
     py::gil_scoped_acquire gil;
     return CallPython(fn_.get(), fn_.get(), local, remote);
   }

@@ -166,6 +166,8 @@ send_batch(ops) gets up to batch_size ops per call and returns one entry per op
           [](SyncEngine& e, const std::string& event, py::function fn) {
             auto ref = std::make_shared<PyRef>(fn);
             e.On(event, [ref, event](const EngineEvent& ev) {
+              PythonCall call;
+              if (!call) return;  // the interpreter is exiting: nobody left to tell
               py::gil_scoped_acquire gil;
               try {
                 ref->get()(EventDict(ev));

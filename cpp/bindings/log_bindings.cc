@@ -21,6 +21,7 @@
 
 #include "bindings.h"
 #include "cpcsync/log.h"
+#include "no_destructor.h"
 
 namespace cpcsync::py_bindings {
 namespace {
@@ -135,7 +136,8 @@ class Bridge {
   }
 
   static void Deliver(const std::deque<Record>& batch, uint64_t dropped) {
-    if (PythonFinalizing()) return;
+    PythonCall call;
+    if (!call || PythonFinalizing()) return;
     py::gil_scoped_acquire gil;
     try {
       py::object logger = py::module_::import("logging").attr("getLogger")("cpcsync");
@@ -157,12 +159,12 @@ class Bridge {
 };
 
 Bridge& TheBridge() {
-  static Bridge bridge;
+  static NoDestructor<Bridge> bridge;  // C++ threads may log during exit()
   static const int registered =
       pthread_atfork([] { TheBridge().BeforeFork(); }, [] { TheBridge().AfterForkParent(); },
                      [] { TheBridge().AfterForkChild(); });
   (void)registered;
-  return bridge;
+  return *bridge;
 }
 
 class PythonSink final : public spdlog::sinks::base_sink<std::mutex> {

@@ -5,6 +5,7 @@
 PYBIND11_MODULE(_core, m) {
   namespace b = cpcsync::py_bindings;
   m.doc() = "cpcsync's C++ core (private: import cpcsync instead).";
+  b::InitPythonGate(m);  // first: its exit hook must run after every other one
   b::InitErrors(m);
   b::InitClock(m);
   b::InitLog(m);

@@ -40,8 +40,7 @@ class PyCallable {
   // <exception>") once the GIL is released.
   template <typename... Args>
   bool Call(const char* what, bool truth, Args&&... args) const {
-    if (PythonFinalizing())
-      throw std::runtime_error(std::string(what) + ": interpreter is exiting");
+    PythonCall call(what);
     std::string error;
     bool result = false;
     {

@@ -38,7 +38,8 @@ class PyTransport final : public Transport {
     }
   }
   ~PyTransport() override {
-    if (!Py_IsInitialized()) return;
+    PythonCall call;
+    if (!call || PythonFinalizing()) return;  // leave the loop to the exiting interpreter
     try {
       py::gil_scoped_acquire gil;
       try {
@@ -51,6 +52,8 @@ class PyTransport final : public Transport {
   }
 
   DeliveryResult Send(const Operation& op) override {
+    PythonCall call;
+    if (!call) return Exiting();
     py::gil_scoped_acquire gil;
     try {
       py::object result = support_.get().attr("invoke")(transport_.get(), op, runner_.get());
@@ -66,6 +69,8 @@ class PyTransport final : public Transport {
   bool SupportsBatch() const override { return batch_ != nullptr; }
 
   std::vector<DeliveryResult> SendBatch(const std::vector<Operation>& ops) override {
+    PythonCall call;
+    if (!call) return std::vector<DeliveryResult>(ops.size(), Exiting());
     py::gil_scoped_acquire gil;
     std::vector<DeliveryResult> out;
     try {
@@ -99,6 +104,15 @@ class PyTransport final : public Transport {
   }
 
  private:
+  // Not sent: the interpreter is exiting. Put back like an interrupted call (due at
+  // once, not an attempt); the next run of the service delivers it.
+  static DeliveryResult Exiting() {
+    DeliveryResult r = DeliveryResult::Failed(DeliveryResult::Kind::kTransient,
+                                              "not sent: the Python interpreter is exiting");
+    r.interrupted = true;
+    return r;
+  }
+
   // What the transport raised, as a result. Needs the GIL. An interrupt
   // (KeyboardInterrupt, SystemExit, ...) on the thread running process_once/drain is
   // kept for re-raising there, and the op is put back; on a worker thread it is
@@ -175,7 +189,8 @@ bool PythonFinalizing() {
 
 PyRef::~PyRef() {
   if (!obj_) return;
-  if (PythonFinalizing()) {
+  PythonCall call;
+  if (!call || PythonFinalizing()) {
     (void)obj_.release();  // NOLINT: the interpreter is going; nothing may touch it
     return;
   }

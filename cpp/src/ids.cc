@@ -8,6 +8,8 @@
 #include <mutex>
 #include <random>
 
+#include "no_destructor.h"
+
 namespace cpcsync {
 namespace {
 
@@ -20,8 +22,8 @@ struct State {
 };
 
 State& GlobalState() {
-  static State st;
-  return st;
+  static NoDestructor<State> st;  // threads may enqueue during exit()
+  return *st;
 }
 
 std::atomic<bool> g_reseed{false};

@@ -3,6 +3,8 @@
 #include <spdlog/sinks/dist_sink.h>
 #include <spdlog/sinks/stdout_sinks.h>
 
+#include "no_destructor.h"
+
 namespace cpcsync {
 namespace {
 
@@ -20,8 +22,8 @@ struct Shared {
 };
 
 Shared& Get() {
-  static Shared shared;
-  return shared;
+  static NoDestructor<Shared> shared;  // threads may log during exit()
+  return *shared;
 }
 
 }  // namespace

@@ -20,6 +20,7 @@
 #include "cpcsync/errors.h"
 #include "cpcsync/log.h"
 #include "lane_merge.h"
+#include "no_destructor.h"
 #include "sqlite/checkpointer.h"
 #include "sqlite/consumer_lock.h"
 #include "sqlite/db.h"
@@ -53,10 +54,10 @@ class ForkGuard {
 
  private:
   static ForkGuard& Get() {
-    static ForkGuard guard;
+    static NoDestructor<ForkGuard> guard;  // threads may close handles during exit()
     static std::once_flag once;
     std::call_once(once, [] { pthread_atfork(&Prepare, &Release, &Release); });
-    return guard;
+    return *guard;
   }
   static void Prepare() {
     ForkGuard& g = Get();

@@ -16,6 +16,7 @@
 
 #include "cpcsync/errors.h"
 #include "cpcsync/log.h"
+#include "no_destructor.h"
 
 namespace cpcsync::sqlite {
 namespace {
@@ -36,7 +37,7 @@ struct LockRegistry {
   std::set<ConsumerLock*> locks;
 
   static LockRegistry& Get() {
-    static LockRegistry registry;
+    static NoDestructor<LockRegistry> registry;  // used by threads during exit() too
     static std::once_flag once;
     std::call_once(once, [] {
       pthread_atfork([] { Get().mu.lock(); }, [] { Get().mu.unlock(); },
@@ -45,7 +46,7 @@ struct LockRegistry {
                        Get().mu.unlock();
                      });
     });
-    return registry;
+    return *registry;
   }
 };
 
