@@ -77,7 +77,7 @@ def test_apply_versions_and_hlc(server: SyncServer, client: Client) -> None:
     for i in range(3):
         status, doc, _ = client.post(op_body(payload={"n": i}, hlc=100 + i))
         assert status == 200
-        assert doc == {"status": "applied", "version": i + 1}
+        assert doc == {"status": "applied", "version": i + 1, "hlc": 100 + i}
     assert server.applied == {"k": {"value": {"n": 2}, "version": 3, "hlc": 102}}
     assert [b["payload"] for b in server.received] == [{"n": 0}, {"n": 1}, {"n": 2}]
 
@@ -86,8 +86,10 @@ def test_repeated_idempotency_key_applied_once_acknowledged_twice(
     server: SyncServer, client: Client
 ) -> None:
     body = op_body(payload={"n": 1})
-    assert client.post(body)[0:2] == (200, {"status": "applied", "version": 1})
-    assert client.post(body)[0:2] == (200, {"status": "duplicate"})
+    first = {"status": "applied", "version": 1, "hlc": 1000}
+    assert client.post(body)[0:2] == (200, first)
+    # the first result, replayed
+    assert client.post(body)[0:2] == (200, dict(first, status="duplicate"))
     assert server.applied["k"]["version"] == 1
     assert len(server.received) == 2
     assert len(server.log) == 1
@@ -97,7 +99,7 @@ def test_idempotency_key_from_header(server: SyncServer, client: Client) -> None
     body = op_body()
     ikey = body.pop("idempotency_key")
     assert client.post(body, {"Idempotency-Key": ikey})[0] == 200
-    assert client.post(body, {"Idempotency-Key": ikey})[1] == {"status": "duplicate"}
+    assert client.post(body, {"Idempotency-Key": ikey})[1]["status"] == "duplicate"
     mismatched = op_body()
     assert client.post(mismatched, {"Idempotency-Key": "other"})[0] == 400
 
@@ -108,24 +110,31 @@ def test_stale_base_version_gets_409_with_remote(server: SyncServer, client: Cli
     stale = op_body(payload={"n": 3}, base_version=1, hlc=7)
     status, doc, _ = client.post(stale)
     assert status == 409
-    assert doc == {"value": {"n": 2}, "version": 2, "hlc": 6}
+    assert doc == {
+        "status": "conflict",
+        "value": {"n": 2},
+        "version": 2,
+        "hlc": 6,
+        "deleted": False,
+    }
     assert server.applied["k"]["version"] == 2
     # The same op resent against the current version is applied: a 409 does not use
     # up its idempotency key.
     stale["base_version"] = 2
-    assert client.post(stale)[0:2] == (200, {"status": "applied", "version": 3})
+    assert client.post(stale)[0:2] == (200, {"status": "applied", "version": 3, "hlc": 7})
     assert server.applied["k"] == {"value": {"n": 3}, "version": 3, "hlc": 7}
 
 
 def test_base_version_on_unknown_key(server: SyncServer, client: Client) -> None:
     status, doc, _ = client.post(op_body(key="new", base_version=4))
-    assert (status, doc) == (409, {"value": None, "version": 0, "hlc": None})
+    assert status == 409
+    assert doc == {"status": "conflict", "value": None, "version": 0, "hlc": None, "deleted": False}
     assert client.post(op_body(key="new", base_version=0))[0] == 200
 
 
 def test_keyless_ops_go_to_the_log_only(server: SyncServer, client: Client) -> None:
     status, doc, _ = client.post(op_body(key=None, payload=[1, 2]))
-    assert (status, doc) == (200, {"status": "applied", "version": None})
+    assert (status, doc) == (200, {"status": "applied", "version": None, "hlc": 1000})
     assert server.applied == {}
     assert [b["payload"] for b in server.log] == [[1, 2]]
 
@@ -139,14 +148,18 @@ def test_binary_payload_kept_as_b64(server: SyncServer, client: Client) -> None:
 
 
 @pytest.mark.parametrize(
-    "raw",
-    [b"not json", b"[1]", json.dumps({"key": "k", "payload": 1}).encode()],
+    ("raw", "reached"),
+    [(b"not json", 0), (b"[1]", 0), (json.dumps({"key": "k", "payload": 1}).encode(), 1)],
     ids=["garbage", "not-object", "no-idempotency-key"],
 )
-def test_malformed_is_400(server: SyncServer, client: Client, raw: bytes) -> None:
-    assert client.post(None, raw=raw)[0] == 400
-    assert server.received == []
+def test_malformed_is_400(server: SyncServer, client: Client, raw: bytes, reached: int) -> None:
+    status, doc, _ = client.post(None, raw=raw)
+    assert status == 400
+    assert "\n" not in (doc.get("error") or doc.get("reason"))  # one line
+    # an object reaches the receiver (which rejects it); anything else does not
+    assert len(server.received) == reached
     assert len(server.requests) == 1
+    assert server.log == []
 
 
 def test_fail_next_with_retry_after(server: SyncServer, client: Client) -> None:
@@ -200,7 +213,7 @@ def test_state_persists_in_its_file(tmp_path: Path) -> None:
     with SyncServer(path) as s:
         assert s.applied["k"]["version"] == 1
         c = Client(s)
-        assert c.post(body)[1] == {"status": "duplicate"}
+        assert c.post(body)[1]["status"] == "duplicate"
         c.close()
 
 
@@ -251,7 +264,7 @@ def test_concurrent_posts_are_each_applied_once(server: SyncServer) -> None:
         try:
             for b in part:
                 assert c.post(b)[0] == 200
-                assert c.post(b)[1] == {"status": "duplicate"}
+                assert c.post(b)[1]["status"] == "duplicate"
         finally:
             c.close()
 
@@ -294,8 +307,11 @@ def test_get_entities_serves_one_key() -> None:
             r.read()
         base = server.url.rsplit("/", 1)[0]
         with urllib.request.urlopen(f"{base}/entities/{urllib.parse.quote(key, safe='')}") as r:
-            assert _json.loads(r.read()) == {"value": {"v": 1}, "version": 1, "hlc": None}
-        assert server.entity(key) == {"value": {"v": 1}, "version": 1, "hlc": None}
+            served = _json.loads(r.read())
+        # an op without an hlc is stamped by the receiver's clock
+        assert served == {"value": {"v": 1}, "version": 1, "hlc": served["hlc"], "deleted": False}
+        assert isinstance(served["hlc"], int) and served["hlc"] > 0
+        assert server.entity(key) == served
         assert server.entity("nope") is None
         with pytest.raises(urllib.error.HTTPError) as err:
             urllib.request.urlopen(f"{base}/entities/nope")

@@ -1,53 +1,36 @@
 """SyncServer: the reference sync server, a real HTTP server for tests, examples and demos.
 
-It listens on 127.0.0.1 (an ephemeral port) in a background thread and keeps its
-state in its own SQLite file. Semantics (see docs/http.md):
-
-- ``POST`` (any path) takes one operation as HttpTransport sends it (JSON with
-  ``idempotency_key``, ``key``, ``payload`` or ``payload_b64``, ``hlc``,
-  ``base_version``; the ``Idempotency-Key`` header may stand in for the field).
-- Each idempotency key is applied once: a repeat is answered 200 again
-  (``{"status": "duplicate"}``) and changes nothing.
-- Per key it keeps ``{"value", "version", "hlc"}``: ``value`` is the op's payload
-  (decoded JSON; for a binary payload ``{"payload_b64": "..."}``), ``version`` the
-  number of operations applied to the key (the first is 1), ``hlc`` the last op's.
-- When ``base_version`` is not None and differs from the key's current version
-  (0 for an unknown key) the op is stale: 409 with the key's
-  ``{"value", "version", "hlc"}``, nothing applied, its idempotency key not used up.
-- Ops whose ``key`` is None are applied to a log only.
-- Malformed bodies get 400.
+A thin shell around :class:`cpcsync.server.Receiver` on a :class:`SqliteBackend` (its
+own file), so every end-to-end test exercises the real receiver: the wire protocol is
+docs/protocol.md (``POST /ops``, ``POST /ops/batch``, ``GET /changes``,
+``GET /entities/<key>``, ``GET /health``). It listens on 127.0.0.1 (an ephemeral port)
+in a background thread. What tests add on top: :meth:`SyncServer.fail_next`,
+:attr:`SyncServer.delay`, and records of what arrived (:attr:`SyncServer.received`,
+:attr:`SyncServer.requests`) and what was applied (:attr:`SyncServer.applied`,
+:attr:`SyncServer.log`, both read from the receiver's changes feed).
 """
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import json
 import logging
 import os
 import re
 import socket
-import sqlite3
 import tempfile
 import threading
-import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
+
+from cpcsync.server import Receiver, SqliteBackend
+from cpcsync.server.http_api import Response, handle, too_large
 
 __all__ = ["SyncServer"]
 
 _log = logging.getLogger("cpcsync.testing.server")
 _QUERY = re.compile(r"\?[^\s\"]*")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS entities (
-    key TEXT PRIMARY KEY, value TEXT, version INTEGER NOT NULL, hlc INTEGER);
-CREATE TABLE IF NOT EXISTS idempotency (key TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS log (
-    seq INTEGER PRIMARY KEY, idempotency_key TEXT NOT NULL, kind TEXT,
-    key TEXT, body TEXT NOT NULL);
-"""
 
 
 class _Stopping(Exception):
@@ -77,37 +60,42 @@ class _Handler(BaseHTTPRequestHandler):
         _log.debug("%s " + format, self.address_string(), *safe)
 
     def do_POST(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length > 0 else b""
-        header_key = self.headers.get("Idempotency-Key")
+        self._serve("POST")
+
+    def do_GET(self) -> None:
+        self._serve("GET")
+
+    def _serve(self, method: str) -> None:
+        owner: SyncServer = self.server.owner
+        path, _, query = self.path.partition("?")
         try:
-            status, body, extra = self.server.owner._handle(raw, header_key)
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0:
+            self._answer(Response.json(400, {"error": "bad Content-Length"}))
+            self.close_connection = True
+            return
+        if length > owner.receiver.max_body_bytes:
+            self._answer(too_large(owner.receiver))
+            self.close_connection = True  # the body is not read
+            return
+        raw = self.rfile.read(length) if length > 0 else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            response = owner._handle(method, path, query, headers, raw)
         except _Stopping:
             self.close_connection = True
             return
-        self._answer(status, body, extra)
+        self._answer(response)
 
-    def do_GET(self) -> None:
-        owner: SyncServer = self.server.owner
-        prefix = "/entities/"
-        if not self.path.startswith(prefix):
-            self._answer(404, {"error": "POST operations here; GET /entities/<key>"}, {})
-            return
-        entity = owner.entity(urllib.parse.unquote(self.path[len(prefix) :]))
-        if entity is None:
-            self._answer(404, {"error": "no such key"}, {})
-        else:
-            self._answer(200, entity, {})
-
-    def _answer(self, status: int, body: dict[str, Any], extra: dict[str, str]) -> None:
-        data = json.dumps(body).encode("utf-8")
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        for name, value in extra.items():
+    def _answer(self, response: Response) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in response.headers.items():
             self.send_header(name, value)
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(response.body)
 
 
 class _HTTPServer(ThreadingHTTPServer):
@@ -123,28 +111,39 @@ class _HTTPServer(ThreadingHTTPServer):
 
 
 class SyncServer:
-    """A real HTTP sync server on 127.0.0.1 backed by its own SQLite file.
+    """A real HTTP sync server on 127.0.0.1: a :class:`~cpcsync.server.Receiver` on
+    its own SQLite file.
 
     ``path``: the SQLite file (kept, and reused if it exists), or None for a
-    temporary file deleted by :meth:`stop`. :meth:`start` binds an ephemeral port;
-    :attr:`url` is where to POST. A context manager (starts and stops). Thread-safe.
+    temporary file deleted by :meth:`stop`. ``receiver``: serve this receiver instead
+    (its own backend, hooks and limits; ``path`` must then be None). :meth:`start`
+    binds an ephemeral port; :attr:`url` is where to POST one op. A context manager
+    (starts and stops). Thread-safe.
 
-    For tests: :meth:`fail_next` answers the next requests with an error status,
+    For tests: :meth:`fail_next` answers the next POSTs with an error status,
     :attr:`delay` holds every request that long before answering, :attr:`received`,
-    :attr:`requests`, :attr:`applied` and :attr:`connections` record what happened.
+    :attr:`requests`, :attr:`applied`, :attr:`log` and :attr:`connections` record what
+    happened.
     """
 
-    def __init__(self, path: str | os.PathLike[str] | None = None) -> None:
-        self._temp = path is None
-        if path is None:
+    def __init__(
+        self, path: str | os.PathLike[str] | None = None, *, receiver: Receiver | None = None
+    ) -> None:
+        if receiver is not None and path is not None:
+            raise ValueError("give path or receiver, not both")
+        self._own_receiver = receiver is None
+        self._temp = path is None and receiver is None
+        if receiver is not None:
+            self._path = getattr(receiver.backend, "path", "")
+        elif path is None:
             fd, name = tempfile.mkstemp(prefix="cpcsync-server-", suffix=".db")
             os.close(fd)
             self._path = name
         else:
             self._path = os.fspath(path)
+        self._receiver = receiver
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._db: sqlite3.Connection | None = None
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._received: list[dict[str, Any]] = []
@@ -163,9 +162,8 @@ class SyncServer:
         with self._lock:
             if self._httpd is not None:
                 raise RuntimeError("SyncServer is already started")
-            db = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-            db.executescript(_SCHEMA)
-            self._db = db
+            if self._own_receiver:
+                self._receiver = Receiver(SqliteBackend(self._path))
             self._stopping.clear()
             httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
             httpd.owner = self
@@ -178,7 +176,8 @@ class SyncServer:
 
     def stop(self) -> None:
         """Stop serving: close every connection, join the threads, close the database
-        (and delete it if it was a temporary file). Idempotent."""
+        (and delete it if it was a temporary file). Idempotent. A receiver given to the
+        constructor is left open."""
         with self._lock:
             httpd, thread = self._httpd, self._thread
             self._httpd = None
@@ -194,9 +193,9 @@ class SyncServer:
         if thread is not None:
             thread.join()
         with self._lock:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
+            if self._own_receiver and self._receiver is not None:
+                self._receiver.backend.close()
+                self._receiver = None
         if self._temp:
             for suffix in ("", "-wal", "-shm", "-journal"):
                 with contextlib.suppress(FileNotFoundError):
@@ -218,9 +217,23 @@ class SyncServer:
     # ------------------------------------------------------------------ queries
 
     @property
+    def receiver(self) -> Receiver:
+        """The receiver behind the server (started)."""
+        rx = self._receiver
+        if rx is None:
+            raise RuntimeError("SyncServer is not started")
+        return rx
+
+    @property
     def url(self) -> str:
-        """Where to POST operations, e.g. ``http://127.0.0.1:54321/ops``."""
-        return f"http://127.0.0.1:{self.port}/ops"
+        """Where to POST one op, e.g. ``http://127.0.0.1:54321/ops``."""
+        return f"{self.base_url}/ops"
+
+    @property
+    def base_url(self) -> str:
+        """The server's root, e.g. ``http://127.0.0.1:54321`` (``/ops/batch``,
+        ``/changes``, ``/entities/<key>`` and ``/health`` are under it)."""
+        return f"http://127.0.0.1:{self.port}"
 
     @property
     def port(self) -> int:
@@ -237,9 +250,9 @@ class SyncServer:
 
     @property
     def received(self) -> list[dict[str, Any]]:
-        """JSON bodies (dicts) that reached the apply step, in arrival order: applied,
-        duplicates and stale (409) ones; not those failed by :meth:`fail_next` nor
-        malformed ones. A copy."""
+        """Op bodies (dicts) that reached the receiver, in arrival order (from single
+        and batch requests): applied, duplicates, conflicts and rejected ones; not
+        those failed by :meth:`fail_next` nor malformed requests. A copy."""
         with self._lock:
             return list(self._received)
 
@@ -250,33 +263,49 @@ class SyncServer:
         with self._lock:
             return list(self._requests)
 
+    def _feed(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        cursor: str | None = None
+        while True:
+            page = self.receiver.changes(cursor, limit=10_000)
+            out.extend(page["changes"])
+            if len(page["changes"]) < 10_000:
+                return out
+            cursor = page["cursor"]
+
     @property
     def applied(self) -> dict[str, dict[str, Any]]:
         """key -> ``{"value", "version", "hlc"}`` for every key applied so far."""
-        with self._lock:
-            db = self._require_db()
-            rows = db.execute("SELECT key, value, version, hlc FROM entities").fetchall()
-        return {k: {"value": json.loads(v), "version": ver, "hlc": hlc} for k, v, ver, hlc in rows}
+        state: dict[str, dict[str, Any]] = {}
+        for c in self._feed():
+            if c["key"] is not None:
+                state[c["key"]] = {"value": c["value"], "version": c["version"], "hlc": c["hlc"]}
+        return state
 
     def entity(self, key: str) -> dict[str, Any] | None:
-        """``{"value", "version", "hlc"}`` of one key, or None if never applied (also
-        served as ``GET /entities/<url-quoted key>``)."""
-        with self._lock:
-            row = (
-                self._require_db()
-                .execute("SELECT value, version, hlc FROM entities WHERE key = ?", (key,))
-                .fetchone()
-            )
-        if row is None:
-            return None
-        return {"value": json.loads(row[0]), "version": row[1], "hlc": row[2]}
+        """``{"value", "version", "hlc", "deleted"}`` of one key, or None if never
+        applied (also served as ``GET /entities/<url-quoted key>``)."""
+        return self.receiver.get(key)
 
     @property
     def log(self) -> list[dict[str, Any]]:
-        """Bodies of every applied op (keyed or not), in apply order."""
-        with self._lock:
-            rows = self._require_db().execute("SELECT body FROM log ORDER BY seq").fetchall()
-        return [json.loads(b) for (b,) in rows]
+        """Every applied op (keyed or not), in commit order, as a body: idempotency_key,
+        kind, key, payload (or payload_b64 for a binary one) and hlc."""
+        out = []
+        for c in self._feed():
+            body = {
+                "idempotency_key": c["idempotency_key"],
+                "kind": c["kind"],
+                "key": c["key"],
+                "hlc": c["hlc"],
+            }
+            value = c["value"]
+            if isinstance(value, dict) and set(value) == {"payload_b64"}:
+                body["payload_b64"] = value["payload_b64"]
+            else:
+                body["payload"] = value
+            out.append(body)
+        return out
 
     @property
     def connections(self) -> int:
@@ -316,12 +345,15 @@ class SyncServer:
             self._delay = float(seconds)
 
     def reset(self) -> None:
-        """Forget everything: applied entities, idempotency keys, the log, the received
-        and request records, pending ``fail_next`` and ``delay``. The server keeps
-        running on the same port (the pytest plugin resets a session server this way)."""
+        """Forget everything: applied entities, idempotency records, the changes feed,
+        the received and request records, pending ``fail_next`` and ``delay``. The
+        server keeps running on the same port (the pytest plugin resets a session
+        server this way). Only for a server on its own SQLite file."""
+        backend = self.receiver.backend
+        if not isinstance(backend, SqliteBackend):
+            raise RuntimeError("reset() needs the SyncServer's own SQLite backend")
+        backend.reset()
         with self._lock:
-            db = self._require_db()
-            db.executescript("DELETE FROM entities; DELETE FROM idempotency; DELETE FROM log;")
             self._received.clear()
             self._requests.clear()
             self._fail_remaining = 0
@@ -329,11 +361,6 @@ class SyncServer:
             self._delay = 0.0
 
     # ---------------------------------------------------------------- internals
-
-    def _require_db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise RuntimeError("SyncServer is not started")
-        return self._db
 
     def _connection_opened(self, sock: socket.socket) -> None:
         with self._lock:
@@ -345,102 +372,38 @@ class SyncServer:
             self._open_sockets.discard(sock)
 
     def _handle(
-        self, raw: bytes, header_key: str | None
-    ) -> tuple[int, dict[str, Any], dict[str, str]]:
-        try:
-            doc = json.loads(raw.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            doc = None
-        body = doc if isinstance(doc, dict) else None
-        with self._lock:
-            self._requests.append(body)
-            delay = self._delay
+        self, method: str, path: str, query: str, headers: dict[str, str], raw: bytes
+    ) -> Response:
+        rx = self.receiver
+        if method == "POST":
+            try:
+                doc = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError, RecursionError):
+                doc = None
+            body = doc if isinstance(doc, dict) else None
+            with self._lock:
+                self._requests.append(body)
+                delay = self._delay
+        else:
+            body = None
+            with self._lock:
+                delay = self._delay
         if delay > 0 and self._stopping.wait(delay):
             raise _Stopping
         with self._lock:
             if self._stopping.is_set():
                 raise _Stopping
-            if self._fail_remaining > 0:
+            if method == "POST" and self._fail_remaining > 0:
                 self._fail_remaining -= 1
                 extra = {}
                 if self._fail_retry_after is not None:
                     extra["Retry-After"] = self._fail_retry_after
-                return self._fail_status, {"error": "injected failure"}, extra
-            if body is None:
-                return 400, {"error": "body must be a JSON object"}, {}
-            problem = _validate(body, header_key)
-            if problem:
-                return 400, {"error": problem}, {}
-            self._received.append(body)
-            return self._apply(body)
-
-    def _apply(self, body: dict[str, Any]) -> tuple[int, dict[str, Any], dict[str, str]]:
-        db = self._require_db()
-        ikey: str = body["idempotency_key"]
-        key: str | None = body.get("key")
-        if db.execute("SELECT 1 FROM idempotency WHERE key = ?", (ikey,)).fetchone():
-            return 200, {"status": "duplicate"}, {}
-        current = (
-            db.execute("SELECT value, version, hlc FROM entities WHERE key = ?", (key,)).fetchone()
-            if key is not None
-            else None
-        )
-        version = current[1] if current else 0
-        base = body.get("base_version")
-        if key is not None and base is not None and base != version:
-            remote = {
-                "value": json.loads(current[0]) if current else None,
-                "version": version,
-                "hlc": current[2] if current else None,
-            }
-            return 409, remote, {}
-        value = body["payload"] if "payload" in body else {"payload_b64": body["payload_b64"]}
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute("INSERT INTO idempotency (key) VALUES (?)", (ikey,))
-            db.execute(
-                "INSERT INTO log (idempotency_key, kind, key, body) VALUES (?, ?, ?, ?)",
-                (ikey, body.get("kind"), key, json.dumps(body)),
-            )
-            if key is not None:
-                db.execute(
-                    "INSERT INTO entities (key, value, version, hlc) VALUES (?, ?, 1, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET value = excluded.value, "
-                    "version = entities.version + 1, hlc = excluded.hlc",
-                    (key, json.dumps(value), body.get("hlc")),
-                )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return 200, {"status": "applied", "version": version + 1 if key is not None else None}, {}
-
-
-def _validate(body: dict[str, Any], header_key: str | None) -> str | None:
-    """Fills ``idempotency_key`` from the header when absent; the problem, or None."""
-    ikey = body.get("idempotency_key")
-    if ikey is None:
-        ikey = header_key
-        body["idempotency_key"] = ikey
-    if not isinstance(ikey, str) or not ikey:
-        return "idempotency_key is required"
-    if header_key is not None and header_key != ikey:
-        return "Idempotency-Key header and body disagree"
-    key = body.get("key")
-    if key is not None and not isinstance(key, str):
-        return "key must be a string or null"
-    base = body.get("base_version")
-    if base is not None and (not isinstance(base, int) or isinstance(base, bool)):
-        return "base_version must be an integer or null"
-    hlc = body.get("hlc")
-    if hlc is not None and (not isinstance(hlc, int) or isinstance(hlc, bool)):
-        return "hlc must be an integer or null"
-    if "payload" not in body:
-        b64 = body.get("payload_b64")
-        if not isinstance(b64, str):
-            return "payload or payload_b64 is required"
-        try:
-            base64.b64decode(b64, validate=True)
-        except ValueError:
-            return "payload_b64 is not base64"
-    return None
+                return Response.json(self._fail_status, {"error": "injected failure"}, extra)
+            if body is not None:
+                if path == "/ops/batch":
+                    ops = body.get("ops")
+                    if isinstance(ops, list):
+                        self._received.extend(o for o in ops if isinstance(o, dict))
+                else:
+                    self._received.append(body)
+        return handle(rx, method, path, query, headers, raw)
