@@ -218,7 +218,7 @@ def test_a_restarted_client_knows_the_versions_its_predecessor_saw(tmp_path: Pat
             assert len(ops) == 1
             return ops[0]
 
-        http = HttpTransport(f"{server.url}ops", timeout=5.0)
+        http = HttpTransport(server.url, timeout=5.0)
         first = VersionedTransport(http, q, monitor, reports.append, versions)
         op1 = take_one()
         first(op1)  # applied: version 1

@@ -151,6 +151,13 @@ def _route(
             doc = {"error": reason, "results": [_public(r) for r in results]}
             return Response.json(503, doc, _retry_after(RETRY_LATER_SECONDS))
         return Response.json(200, {"results": [_public(r) for r in results]})
+    readable = path in ("/changes", "/health") or path.startswith("/entities/")
+    if not readable:
+        return _error(
+            404,
+            "no such endpoint (POST /ops, POST /ops/batch, GET /changes, "
+            "GET /entities/<key>, GET /health)",
+        )
     if method != "GET":
         return _error(405, f"{path} is read with GET", {"Allow": "GET"})
     if path == "/changes":
@@ -170,13 +177,7 @@ def _route(
         if entity is None:
             return _error(404, "no such key")
         return Response.json(200, entity)
-    if path == "/health":
-        return Response.json(200, dict(rx.health(), protocol=PROTOCOL_VERSION))
-    return _error(
-        404,
-        "no such endpoint (POST /ops, POST /ops/batch, GET /changes, "
-        "GET /entities/<key>, GET /health)",
-    )
+    return Response.json(200, dict(rx.health(), protocol=PROTOCOL_VERSION))
 
 
 def _one(params: dict[str, list[str]], name: str) -> str | None:
