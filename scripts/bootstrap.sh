@@ -34,9 +34,13 @@ phase() { echo "== bootstrap ($MODE) [$1/4, at $((SECONDS - START)) s]: $2"; }
 APT_BUILD=(g++ cmake ninja-build libsqlite3-dev libspdlog-dev libfmt-dev libasio-dev
            nlohmann-json3-dev python3-dev python3-venv)
 # What make test and make sanitize add: GoogleTest, Google Benchmark, the sqlite3 and
-# openssl commands and libfaketime (used by tests), clang-format/-tidy and cppcheck.
+# openssl commands and libfaketime (used by tests), clang-format/-tidy and cppcheck, and
+# PostgreSQL (initdb, pg_ctl and postgres in /usr/lib/postgresql/<version>/bin, libpq)
+# for the server side's tests. Those start throwaway clusters of their own
+# (cpcsync.testing.postgres); the "main" cluster Debian's package creates and starts as
+# a service is not used.
 APT_TEST=(libgtest-dev libgmock-dev libbenchmark-dev sqlite3 clang-format clang-tidy cppcheck
-          openssl libfaketime)
+          openssl libfaketime postgresql)
 APT_PACKAGES=("${APT_BUILD[@]}")
 [ "$MODE" = full ] && APT_PACKAGES+=("${APT_TEST[@]}")
 
@@ -73,9 +77,10 @@ phase 3 "Python build tools into .venv: pip, scikit-build-core, pybind11 (pip)"
 # One CMake build (build/py) makes the module and, unless this is a demo-only setup, the
 # C++ tests; ctest runs there. pip also installs the runtime dependencies (urllib3, rich)
 # and the extras: demo (matplotlib), and for a full setup test (pytest, hypothesis, ruff,
-# mypy) and metrics (prometheus_client).
+# mypy), metrics (prometheus_client), server (uvicorn) and postgres (psycopg,
+# psycopg_pool).
 tests=ON
-extras=demo,test,metrics
+extras=demo,test,metrics,server,postgres
 if [ "$MODE" = demo ]; then
   extras=demo
   grep -qs '^CPCSYNC_BUILD_TESTS:BOOL=ON' build/py/CMakeCache.txt || tests=OFF

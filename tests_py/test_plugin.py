@@ -31,6 +31,8 @@ SHORT_FIXTURES = {
     "sync_server_session": "session",
     "sync_server": "function",
     "fault_proxy": "function",
+    "postgres_dsn": "session",
+    "postgres_db": "function",
 }
 FIXTURES = {f"cpcsync_{name}": scope for name, scope in SHORT_FIXTURES.items()}
 _NAMES = re.compile(r"\b({})\b".format("|".join(sorted(SHORT_FIXTURES, key=len, reverse=True))))

@@ -78,8 +78,10 @@ def test_every_public_name_of_the_toolkit_store_cli_and_metrics_has_a_docstring(
     import cpcsync.store
     import cpcsync.testing
     import cpcsync.testing.plugin
+    import cpcsync.testing.postgres
 
-    modules = [cpcsync.testing, cpcsync.store, cpcsync.metrics, cpcsync.cli, cpcsync.demo]
+    modules = [cpcsync.testing, cpcsync.testing.postgres, cpcsync.store, cpcsync.metrics]
+    modules += [cpcsync.cli, cpcsync.demo]
     missing = []
     for module in modules:
         assert (module.__doc__ or "").strip(), f"{module.__name__} has no docstring"

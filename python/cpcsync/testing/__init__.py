@@ -9,6 +9,9 @@
 - :class:`FaultProxy`: a real TCP proxy with Toxiproxy's toxics (docs/fault-proxy.md).
 - :class:`SyncServer`: a real HTTP sync server on 127.0.0.1 with its own SQLite file,
   the counterpart of :class:`cpcsync.HttpTransport` (wire format in docs/http.md).
+- :class:`PostgresCluster`: a throwaway PostgreSQL cluster on 127.0.0.1 (``initdb`` in
+  a temporary directory), for tests, scripts and benchmarks of the server side
+  (:mod:`cpcsync.testing.postgres`).
 - A pytest plugin (:mod:`cpcsync.testing.plugin`) with fixtures for all of them.
 Guide: docs/testing-with-faults.md.
 """
@@ -16,6 +19,7 @@ Guide: docs/testing-with-faults.md.
 from __future__ import annotations
 
 from cpcsync.testing.faulty import Attempt, FaultyTransport
+from cpcsync.testing.postgres import PostgresCluster
 from cpcsync.testing.proxy import FaultProxy
 from cpcsync.testing.scenario import Scenario, ScenarioPlayer, Step
 from cpcsync.testing.server import SyncServer
@@ -25,6 +29,7 @@ __all__ = [
     "Attempt",
     "FaultProxy",
     "FaultyTransport",
+    "PostgresCluster",
     "Scenario",
     "ScenarioPlayer",
     "Simulation",

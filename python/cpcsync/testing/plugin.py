@@ -12,6 +12,8 @@ fixtures. Deterministic level (all on one :class:`~cpcsync.VirtualClock`):
 ``cpcsync_virtual_clock`` -> ``cpcsync_sync_queue``, ``cpcsync_network``,
 ``cpcsync_faulty_transport`` -> ``cpcsync_sync_engine`` -> ``cpcsync_simulation``.
 Real level: ``cpcsync_sync_server`` (a reset session server) -> ``cpcsync_fault_proxy``.
+PostgreSQL: ``cpcsync_postgres_dsn`` (a throwaway cluster for the session, or the server
+named by ``CPCSYNC_POSTGRES_DSN``) -> ``cpcsync_postgres_db`` (a fresh database per test).
 
 Short names. Each fixture is also available without the prefix (``network``,
 ``sync_engine``...: :mod:`cpcsync.testing.short_names`), and while they are on, the
@@ -27,6 +29,9 @@ and then only the ``cpcsync_*`` names exist and the layering uses only them.
 
 from __future__ import annotations
 
+import os
+import re
+import uuid
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,7 +40,7 @@ from typing import Any
 import pytest
 
 import cpcsync as cs
-from cpcsync.testing import short_names
+from cpcsync.testing import postgres, short_names
 from cpcsync.testing.faulty import FaultyTransport
 from cpcsync.testing.proxy import FaultProxy
 from cpcsync.testing.server import SyncServer
@@ -220,3 +225,52 @@ def cpcsync_fault_proxy(request: pytest.FixtureRequest) -> Iterator[FaultProxy]:
     proxy = FaultProxy(upstream=("127.0.0.1", sync_server.port)).start()
     yield proxy
     proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def cpcsync_postgres_dsn() -> Iterator[str]:
+    """Scope: session. Type: str (a PostgreSQL connection URL).
+    Default: ``postgresql://<user>@127.0.0.1:<port>/postgres`` of a throwaway cluster
+    (:class:`cpcsync.testing.postgres.PostgresCluster`: ``initdb`` in a temporary
+    directory, a free port, an unprivileged user when run as root), stopped and
+    deleted after the session. If ``CPCSYNC_POSTGRES_DSN`` is set, that server instead,
+    and nothing is started. Skips the test when neither is available.
+
+    Tests that write use ``cpcsync_postgres_db``; this one is the maintenance
+    connection (``CREATE DATABASE``...)."""
+    external = os.environ.get(postgres.DSN_ENV, "").strip()
+    if external:
+        yield external
+        return
+    bindir = postgres.find_bindir()
+    if bindir is None:
+        pytest.skip(
+            f"PostgreSQL is not installed (no initdb in /usr/lib/postgresql/*/bin, on PATH "
+            f"or from pg_config; Debian: apt-get install postgresql) and "
+            f"{postgres.DSN_ENV} is not set"
+        )
+    with postgres.PostgresCluster(bindir=bindir) as cluster:
+        yield cluster.dsn
+
+
+@pytest.fixture
+def cpcsync_postgres_db(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Scope: function. Type: str (a PostgreSQL connection URL).
+    Default: a new, empty database on ``cpcsync_postgres_dsn``'s server, named
+    ``cpcsync_<test>_<random>``; dropped after the test (``WITH (FORCE)``: connections
+    left open are closed). Needs psycopg (``cpcsync[postgres]``); skips without it."""
+    dsn: str = _fixture(request, "postgres_dsn")
+    try:
+        import psycopg
+        from psycopg import sql
+    except ImportError:
+        pytest.skip("psycopg is not installed (pip install 'cpcsync[postgres]')")
+    slug = re.sub(r"[^a-z0-9]+", "_", request.node.name.lower()).strip("_")[:30]
+    name = f"cpcsync_{slug}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield postgres.database_dsn(dsn, name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )

@@ -122,3 +122,21 @@ def fault_proxy(cpcsync_fault_proxy: Any) -> Any:
 
     The short name of ``cpcsync_fault_proxy``: the same object."""
     return cpcsync_fault_proxy
+
+
+@pytest.fixture(scope="session")
+def postgres_dsn(cpcsync_postgres_dsn: Any) -> Any:
+    """Scope: session. Type: str (a PostgreSQL connection URL).
+    Default: ``cpcsync_postgres_dsn``.
+
+    The short name of ``cpcsync_postgres_dsn``: the same object."""
+    return cpcsync_postgres_dsn
+
+
+@pytest.fixture
+def postgres_db(cpcsync_postgres_db: Any) -> Any:
+    """Scope: function. Type: str (a PostgreSQL connection URL).
+    Default: ``cpcsync_postgres_db``.
+
+    The short name of ``cpcsync_postgres_db``: the same object."""
+    return cpcsync_postgres_db
