@@ -41,13 +41,12 @@ CREATE TABLE IF NOT EXISTS changes (
     version INTEGER, hlc INTEGER NOT NULL, deleted INTEGER NOT NULL,
     idempotency_key TEXT NOT NULL, committed_at REAL NOT NULL);
 """
-_CHANGE_COLUMNS = "seq, key, kind, value, version, hlc, deleted, idempotency_key"
+_CHANGE_NAMES = ("seq", "key", "kind", "value", "version", "hlc", "deleted", "idempotency_key")
 
 
 class _SqliteTx(Tx):
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
-        self._savepoints = 0
 
     @property
     def connection(self) -> sqlite3.Connection:
@@ -61,16 +60,16 @@ class _SqliteTx(Tx):
     @contextlib.contextmanager
     def savepoint(self) -> Iterator[None]:
         """Rolls back to here if the block raises."""
-        self._savepoints += 1
-        name = f"sp{self._savepoints}"
-        self._db.execute(f"SAVEPOINT {name}")
+        # One name serves nested savepoints too: ROLLBACK TO and RELEASE act on the
+        # innermost savepoint of that name.
+        self._db.execute("SAVEPOINT cpcsync_op")
         try:
             yield
         except BaseException:
-            self._db.execute(f"ROLLBACK TO {name}")
-            self._db.execute(f"RELEASE {name}")
+            self._db.execute("ROLLBACK TO cpcsync_op")
+            self._db.execute("RELEASE cpcsync_op")
             raise
-        self._db.execute(f"RELEASE {name}")
+        self._db.execute("RELEASE cpcsync_op")
 
     def record(self, idempotency_key: str) -> tuple[str, str] | None:
         """The applied op's fingerprint and result, or None."""
@@ -218,13 +217,13 @@ class SqliteBackend(Backend):
         """Committed changes after ``since``."""
         with self._lock:
             rows = self._read(
-                f"SELECT {_CHANGE_COLUMNS} FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, key, kind, value, version, hlc, deleted, idempotency_key "
+                "FROM changes WHERE seq > ? ORDER BY seq LIMIT ?",
                 (since, limit),
             ).fetchall()
-        names = _CHANGE_COLUMNS.split(", ")
         out = []
         for row in rows:
-            change = dict(zip(names, row, strict=True))
+            change = dict(zip(_CHANGE_NAMES, row, strict=True))
             change["deleted"] = bool(change["deleted"])
             out.append(change)
         return out
@@ -260,9 +259,9 @@ class SqliteBackend(Backend):
     def reset(self) -> None:
         """Delete every row (tests: the pytest plugin's function-scoped server)."""
         self.run(
-            lambda tx: [
-                tx.execute(f"DELETE FROM {t}") for t in ("entities", "idempotency", "changes")
-            ]
+            lambda tx: tx.connection.executescript(
+                "DELETE FROM entities; DELETE FROM idempotency; DELETE FROM changes;"
+            )
         )
 
     def close(self) -> None:
