@@ -252,6 +252,39 @@ TEST(SqliteStorage, ObservedHlcReachesProducersAndReopens) {
   EXPECT_GT(reopened->Get(reopened->Enqueue(Op()))->hlc, later);
 }
 
+// LowWater is read from the file: what the ops table holds, else the AUTOINCREMENT
+// sequence, so a file emptied by acks and reopened never hands out a used id again.
+TEST(SqliteStorage, LowWaterSurvivesReopenAndNeverGoesBackWhenEmptied) {
+  const std::string path = Fresh("lowwater.db");
+  int64_t last = 0;
+  {
+    auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+    q->Enqueue(Op());
+    q->Enqueue(Op());
+    last = q->Enqueue(Op());
+    auto ops = q->Take(2);
+    ASSERT_EQ(ops.size(), 2u);
+    q->Ack(ops[0].id);
+    q->Close();
+  }
+  {
+    auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+    EXPECT_EQ(q->LowWater(), 2);  // the in-flight op of the closed handle, pending again
+    SqliteOptions ro;
+    ro.read_only = true;
+    auto reader = SyncQueue::Open(path, ro, Limits{}, nullptr);
+    EXPECT_EQ(reader->LowWater(), 2);  // inspection handles read it too
+    for (const auto& op : q->Take(10)) q->Ack(op.id);
+    EXPECT_EQ(q->Count(), 0);
+    EXPECT_EQ(q->LowWater(), last + 1);
+    EXPECT_EQ(reader->LowWater(), last + 1);
+  }
+  auto q = SyncQueue::Open(path, SqliteOptions{}, Limits{}, nullptr);
+  EXPECT_EQ(q->LowWater(), last + 1);  // emptied and reopened: still the next id
+  EXPECT_EQ(q->Enqueue(Op()), last + 1);
+  EXPECT_EQ(q->LowWater(), last + 1);
+}
+
 TEST(SqliteCheckpointer, CheckpointsInTheBackgroundAndBoundsTheWal) {
   const std::string path = Fresh("ckpt.db");
   sqlite3* db = nullptr;

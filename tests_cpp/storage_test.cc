@@ -216,6 +216,52 @@ TEST_P(QueueTest, ObservedHlcIsStoredForEveryLaterStamp) {
   EXPECT_GT(q_->Get(next)->hlc, q_->Get(id)->hlc);
 }
 
+// LowWater: the lowest id still held pending, in flight or dead; the next id when none.
+TEST_P(QueueTest, LowWaterIsTheLowestIdThatMayStillBeSent) {
+  EXPECT_EQ(q_->LowWater(), 1);  // a new queue: the id the first enqueue gets
+  const int64_t a = Put("", 50), b = Put("", 50), c = Put("", 50);
+  EXPECT_EQ(a, 1);
+  EXPECT_EQ(q_->LowWater(), a);
+  ASSERT_EQ(TakeIds(3), (std::vector<int64_t>{a, b, c}));
+  EXPECT_EQ(q_->LowWater(), a);  // in flight counts
+  q_->Ack(b);
+  EXPECT_EQ(q_->LowWater(), a);  // a gap in the middle does not move it
+  q_->Ack(a);
+  EXPECT_EQ(q_->LowWater(), c);  // past every acknowledged id
+  q_->DeadLetter(c, "poison");
+  const int64_t d = Put("", 50);
+  EXPECT_EQ(q_->LowWater(), c);  // a dead letter can be requeued: it counts
+  const std::vector<int64_t> requeued = q_->RequeueDead(std::nullopt);
+  ASSERT_EQ(requeued.size(), 1u);
+  EXPECT_GT(requeued[0], d);
+  EXPECT_EQ(q_->LowWater(), d);  // c is gone; its requeued copy has a new id above d
+  ASSERT_EQ(TakeIds(2), (std::vector<int64_t>{d, requeued[0]}));
+  q_->DeadLetter(d, "poison");
+  q_->Ack(requeued[0]);
+  EXPECT_EQ(q_->LowWater(), d);
+  EXPECT_EQ(q_->PurgeDead(), 1);
+  EXPECT_EQ(q_->LowWater(), requeued[0] + 1);  // empty: the next id, never a used one
+  EXPECT_EQ(Put("", 50), requeued[0] + 1);
+}
+
+TEST_P(QueueTest, LowWaterCountsPendingBehindABusyLaneAndTtlExpiries) {
+  NewOp op;
+  op.kind = "k";
+  op.ttl = 5;
+  const int64_t expiring = q_->Enqueue(op);
+  const int64_t a1 = Put("a", 50), a2 = Put("a", 50);
+  clock_->Advance(5);
+  ASSERT_EQ(TakeIds(10), (std::vector<int64_t>{a1}));  // `expiring` is dead now
+  EXPECT_EQ(q_->LowWater(), expiring);
+  EXPECT_EQ(q_->PurgeDead(), 1);
+  EXPECT_EQ(q_->LowWater(), a1);
+  q_->Ack(a1);
+  EXPECT_EQ(q_->LowWater(), a2);  // pending, not yet deliverable until a1 was acked
+  q_->Close();
+  EXPECT_THROW(q_->LowWater(), SyncError);
+  q_.reset();
+}
+
 INSTANTIATE_TEST_SUITE_P(Storages, QueueTest, ::testing::Values(false, true),
                          [](const auto& info) { return info.param ? "Sqlite" : "Memory"; });
 

@@ -232,6 +232,11 @@ class QueueModel:
     def next_id(self) -> int:
         return self._next_id
 
+    @property
+    def low_water(self) -> int:
+        """The lowest id held in any state (pending, in flight, dead), else next_id."""
+        return min(self._ops, default=self._next_id)
+
     def get(self, op_id: int) -> ModelOp | None:
         return self._ops.get(op_id)
 

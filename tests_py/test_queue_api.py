@@ -366,6 +366,40 @@ def test_ids_are_not_reused_after_purge_and_reopen(tmp_path: Path) -> None:
         assert q.enqueue("k", b"") == 4
 
 
+def test_low_water_is_the_lowest_id_that_may_still_be_sent(queue: Any) -> None:
+    assert queue.low_water == 1  # nothing held: the id the next enqueue gets
+    a, b, c = (queue.enqueue("k", b"") for _ in range(3))
+    assert queue.low_water == a
+    assert ids(queue.take(3)) == [a, b, c]
+    assert queue.low_water == a  # in flight
+    queue.ack(b)
+    assert queue.low_water == a  # a gap in the middle does not move it
+    queue.ack(a)
+    assert queue.low_water == c
+    queue.dead_letter(c, "rejected")
+    assert queue.low_water == c  # dead letters can be requeued: they count
+    (again,) = queue.requeue_dead()
+    assert again > c  # the same idempotency key under a new id
+    assert queue.low_water == again
+    queue.dead_letter(again, "rejected")
+    assert queue.purge_dead() == 1
+    assert queue.low_water == again + 1  # empty: the next id, never a used one
+    assert queue.enqueue("k", b"") == again + 1
+
+
+def test_low_water_after_everything_was_acked_and_reopened(tmp_path: Path) -> None:
+    path = str(tmp_path / "q.db")
+    with cs.SyncQueue.open(path) as q:
+        for _ in range(3):
+            q.enqueue("k", b"")
+        for op in q.take(3):
+            q.ack(op.id)
+        assert q.low_water == 4
+    with cs.SyncQueue.open(path) as q:
+        assert q.low_water == 4  # AUTOINCREMENT's sequence, not max(id) + 1 of an empty table
+        assert q.enqueue("k", b"") == 4
+
+
 # ------------------------------------------------------------- peek, stats
 
 

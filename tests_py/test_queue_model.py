@@ -10,7 +10,7 @@ Each C++ queue has its own ``cs.VirtualClock``; the ``advance`` rule moves both
 clocks and the model's ``now`` together. Clock steps are multiples of 0.5 s, so
 every timestamp is exact in binary floating point and compared with ``==``.
 
-After every rule the invariant checks that all three agree on: ``len``, the
+After every rule the invariant checks that all three agree on: ``len``, ``low_water``, the
 ``peek(1000)`` list (id, kind, key, payload, priority, state, attempts, and
 last_error / idempotency_key / created_at / next_attempt_at wherever the
 semantics pin them), ``stats()`` pending / in_flight / dead / bytes / by_priority (payload
@@ -468,6 +468,7 @@ class QueueMachine(RuleBasedStateMachine):
         want_stats = m.stats()
         for qname, q in self.queues():
             assert len(q) == len(m), f"len on {qname}"
+            assert q.low_water == m.low_water, f"low_water on {qname}"
             _compare_ops(f"peek on {qname}", q.peek(1000), want_peek)
             stats = q.stats()
             counts = ("pending", "in_flight", "dead", "bytes")

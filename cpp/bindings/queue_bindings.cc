@@ -447,6 +447,17 @@ expires into the dead letters. delay: seconds before it may be delivered.)doc")
           "high-water mark is stored in the file). InvalidArgumentError for a stamp outside "
           "[0, 2**64) or after year 9999.")
       .def_property_readonly(
+          "low_water",
+          [](SyncQueue& q) {
+            MaybeRelease release(q);
+            return q.LowWater();
+          },
+          "The lowest op id the queue may still send: the lowest id it holds pending, in "
+          "flight or dead (a dead letter can be requeued), or the id the next enqueue gets "
+          "when it holds none. Every id below it was acknowledged or purged, so a server "
+          "may prune this queue's idempotency records below it (docs/queue-semantics.md, "
+          "\"Low water\", says when that is safe).")
+      .def_property_readonly(
           "last_hlc", [](SyncQueue& q) { return q.hlc().Last(); },
           "The latest HLC stamp this handle issued or observed.")
       .def_property_readonly("closed", &SyncQueue::closed, "True once close() was called.")

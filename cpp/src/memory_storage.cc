@@ -236,6 +236,11 @@ class MemoryStorage final : public QueueStorage {
     return static_cast<int64_t>(ops_.size() - dead_.size());
   }
 
+  int64_t LowWater() override {
+    std::lock_guard lock(mu_);
+    return ops_.empty() ? next_id_ : ops_.begin()->first;  // ops_: live and dead, by id
+  }
+
   QueueStats Stats() override {
     std::lock_guard lock(mu_);
     QueueStats s;

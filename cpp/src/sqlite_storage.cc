@@ -277,6 +277,12 @@ struct Statements {
         oldest(db,
                "SELECT id, created_at FROM ops INDEXED BY ops_by_priority "
                "WHERE state=0 AND priority=?1 ORDER BY id LIMIT 1"),
+        // The lowest id held (one seek at the start of the rowid tree); with no row, the
+        // id AUTOINCREMENT gives next: above the largest ever used, which sqlite_sequence
+        // keeps (one row per AUTOINCREMENT table; none before the first insert).
+        low_water(db,
+                  "SELECT coalesce((SELECT min(id) FROM ops), "
+                  "(SELECT seq FROM sqlite_sequence WHERE name='ops') + 1, 1)"),
         any_ready(db, "SELECT 1 FROM ready LIMIT 1"),
         first_due(db, "SELECT min(due) FROM waiting"),
         ready_scan(db,
@@ -306,7 +312,7 @@ struct Statements {
       waiting_set;
   Stmt coalesce, victim, expired, promote, promoted, pick, lease, ack, retry, bury;
   Stmt base_version, replace_payload, dead_list, dead_ids, requeue, purge, in_flight, unlease;
-  Stmt count_in_flight, count_pending_by_prio, oldest, any_ready, first_due, ready_scan,
+  Stmt count_in_flight, count_pending_by_prio, oldest, low_water, any_ready, first_due, ready_scan,
       waiting_scan, clamp_due, clamp_created, clamp_waiting;
 };
 
@@ -573,6 +579,13 @@ class SqliteStorage final : public QueueStorage {
   int64_t Count() override {
     std::lock_guard lock(db_mu_);
     return ReadCountersNow().live_ops;
+  }
+
+  int64_t LowWater() override {
+    std::lock_guard lock(db_mu_);
+    Use q(st().low_water);
+    q->Step();
+    return q->Int(0);
   }
 
   QueueStats Stats() override {

@@ -217,6 +217,11 @@ int64_t SyncQueue::Count() {
   return storage_->Count();
 }
 
+int64_t SyncQueue::LowWater() {
+  auto guard = Guard();
+  return storage_->LowWater();
+}
+
 QueueStats SyncQueue::Stats() {
   auto guard = Guard();
   return storage_->Stats();

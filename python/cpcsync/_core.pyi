@@ -695,6 +695,11 @@ class SyncQueue:
         Merge a remote HLC timestamp (say, a server's version stamp): operations enqueued later, by any handle on the same file and after a reopen, get larger stamps (the high-water mark is stored in the file). InvalidArgumentError for a stamp outside [0, 2**64) or after year 9999.
         """
     @property
+    def low_water(self) -> int:
+        """
+        The lowest op id the queue may still send: the lowest id it holds pending, in flight or dead (a dead letter can be requeued), or the id the next enqueue gets when it holds none. Every id below it was acknowledged or purged, so a server may prune this queue's idempotency records below it (docs/queue-semantics.md, "Low water", says when that is safe).
+        """
+    @property
     def last_hlc(self) -> int:
         """The latest HLC stamp this handle issued or observed."""
     @property

@@ -88,6 +88,10 @@ class QueueStorage {
   // Makes every in-flight op pending again (after its consumer went away).
   virtual int64_t ResetInFlight(double now) = 0;
   virtual int64_t Count() = 0;  // pending + in flight
+  // The lowest id still held in any state that can reach a server (pending, in flight,
+  // dead); with none held, the id the next insert gets. Every id below it was
+  // acknowledged or purged (docs/queue-semantics.md, "Low water"). Ids are never reused.
+  virtual int64_t LowWater() = 0;
   virtual QueueStats Stats() = 0;
   // When the first lane head is (or becomes) due: -inf when one is ready now,
   // nullopt when no lane has a pending head.

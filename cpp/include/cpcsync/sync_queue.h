@@ -70,6 +70,11 @@ class SyncQueue {
   std::optional<Operation> Get(int64_t id);
   std::vector<Operation> DeadLetters(size_t limit = SIZE_MAX);
   int64_t Count();
+  // The lowest op id the queue may still send: the lowest id held pending, in flight
+  // or dead (a dead letter can be requeued), or the next id when it holds none. Every
+  // id below it was acknowledged or purged; a server may prune this queue's
+  // idempotency records below it (docs/queue-semantics.md, "Low water").
+  int64_t LowWater();
   QueueStats Stats();
   std::optional<double> NextReadyAt();
 
