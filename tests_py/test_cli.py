@@ -701,7 +701,16 @@ def test_usage_errors(capsys: pytest.CaptureFixture[str], argv: list[str]) -> No
 def test_help_and_version(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "--help")
     assert code == 0
-    for command in ("status", "list", "dead-letters", "requeue", "purge", "export", "demo"):
+    for command in (
+        "status",
+        "list",
+        "dead-letters",
+        "requeue",
+        "purge",
+        "export",
+        "serve",
+        "demo",
+    ):
         assert command in out
     code, out, _ = run(capsys, "--version")
     assert code == 0 and out.strip() == f"cpcsync {cs.__version__}"
@@ -711,7 +720,7 @@ def test_every_public_cli_name_has_a_docstring() -> None:
     import importlib
     import inspect
 
-    for name in ("access", "hooks", "inspection", "maintenance", "rawsql", "render"):
+    for name in ("access", "hooks", "inspection", "maintenance", "rawsql", "render", "serve"):
         module = importlib.import_module(f"cpcsync.cli.{name}")
         assert module.__doc__, name
         for public in module.__all__:

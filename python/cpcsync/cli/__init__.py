@@ -1,4 +1,5 @@
-"""The ``cpcsync`` command line: inspect and maintain queue files, run the demo and benchmarks.
+"""The ``cpcsync`` command line: inspect and maintain queue files, serve a receiver, run the
+demo and benchmarks.
 
 ::
 
@@ -10,6 +11,9 @@
     cpcsync export DB [--state S]             JSON lines on stdout
     cpcsync requeue DB (ID... | --all)        dead letters back into the queue
     cpcsync purge DB [--yes]                  delete the dead letters
+    cpcsync serve --db URL [--host H] [--port P] [--workers N]
+                                              the receiver over HTTP (uvicorn;
+                                              cpcsync.cli.serve)
     cpcsync demo [ARGS...]                    the live demo (cpcsync.demo)
     cpcsync bench [ARGS...]                   benchmarks/run.py of a source checkout
 
@@ -50,7 +54,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from cpcsync.cli import hooks, inspection, maintenance
+from cpcsync.cli import hooks, inspection, maintenance, serve
 from cpcsync.cli.access import EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, CliError
 
 __all__ = ["EXIT_OK", "EXIT_RUNTIME", "EXIT_USAGE", "CliError", "build_parser", "main"]
@@ -65,7 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Inspect and maintain cpcsync queue files; run the demo and benchmarks.",
+        description=(
+            "Inspect and maintain cpcsync queue files; serve a receiver; run the demo and "
+            "benchmarks."
+        ),
         epilog="Exit status: 0 ok, 1 runtime error, 2 usage error or not a queue file. "
         "'cpcsync COMMAND --help' for a command's options; the full reference (JSON "
         "keys, errors) is installed with the package: python -m pydoc cpcsync.cli",
@@ -74,6 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     inspection.add_parsers(sub)
     maintenance.add_parsers(sub)
+    serve.add_parsers(sub)
     for name, (_runner, help_text) in hooks.HOOKS.items():
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("args", nargs=argparse.REMAINDER)

@@ -3,16 +3,21 @@
 A framework-agnostic :class:`Receiver` applies operations exactly once on a
 :class:`Backend`: :class:`SqliteBackend` (embedded, the default) or
 ``PostgresBackend`` (any number of receiver processes on one PostgreSQL). The wire
-protocol is docs/protocol.md; :func:`handle` serves it for any web framework.
+protocol is docs/protocol.md; :func:`handle` serves it for any web framework,
+:meth:`Receiver.asgi` and :meth:`Receiver.wsgi` as ASGI and WSGI applications, and
+``cpcsync serve --db URL`` under uvicorn (:func:`backend_from_url` reads the URL).
 """
 
 from __future__ import annotations
 
+from cpcsync.server.asgi import make_asgi_app
 from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx
+from cpcsync.server.backend_url import backend_from_url
 from cpcsync.server.http_api import PROTOCOL_VERSION, Response, handle
 from cpcsync.server.protocol import ProtocolError
 from cpcsync.server.receiver import Receiver, Request
 from cpcsync.server.sqlite_backend import SqliteBackend
+from cpcsync.server.wsgi import make_wsgi_app
 
 __all__ = [
     "PROTOCOL_VERSION",
@@ -25,5 +30,8 @@ __all__ = [
     "Response",
     "SqliteBackend",
     "Tx",
+    "backend_from_url",
     "handle",
+    "make_asgi_app",
+    "make_wsgi_app",
 ]

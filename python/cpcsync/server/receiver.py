@@ -24,12 +24,16 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from cpcsync import _core
 from cpcsync.errors import PermanentError
 from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx
 from cpcsync.server.protocol import MAX_INT, ProtocolError, WireOp, dumps, parse_op
+
+if TYPE_CHECKING:
+    from cpcsync.server.asgi import ReceiverASGI
+    from cpcsync.server.wsgi import ReceiverWSGI
 
 __all__ = ["Receiver", "Request"]
 
@@ -345,6 +349,21 @@ class Receiver:
         """``{"status": "ok"}``, or BackendUnavailable."""
         self.backend.ping()
         return {"status": "ok"}
+
+    # ------------------------------------------------------------------ serving
+
+    def asgi(self) -> ReceiverASGI:
+        """This receiver as an ASGI 3 application (``app.mount("/sync", rx.asgi())``);
+        its shutdown leaves the receiver and its backend open (cpcsync.server.asgi)."""
+        from cpcsync.server.asgi import make_asgi_app
+
+        return make_asgi_app(self)
+
+    def wsgi(self) -> ReceiverWSGI:
+        """This receiver as a WSGI application (PEP 3333; cpcsync.server.wsgi)."""
+        from cpcsync.server.wsgi import make_wsgi_app
+
+        return make_wsgi_app(self)
 
 
 def _parse_cursor(since: str | None) -> int:
