@@ -199,6 +199,11 @@ struct Statements {
         write_counters(db,
                        "UPDATE counters SET live_ops=?1, live_bytes=?2, dead_ops=?3, max_hlc=?4, "
                        "pending_by_prio=?5, network_failures=?6, wall_high=?7"),
+        // Changes the counters row and back within one transaction: its page is then
+        // dirty (SQLite skips a write that changes no byte), so the commit writes one
+        // WAL frame and a FULL commit has something to sync (see SyncEarlierCommits).
+        nudge_up(db, "UPDATE counters SET wall_high=wall_high+1"),
+        nudge_down(db, "UPDATE counters SET wall_high=wall_high-1"),
         insert(db,
                "INSERT INTO ops(kind, key, payload, size, priority, idempotency_key, hlc, "
                "created_at, attempts, next_attempt_at, last_error, state, expires_at, "
@@ -306,7 +311,7 @@ struct Statements {
                       "ops.id=waiting.op_id) WHERE due>?1") {}
 
   Stmt begin, begin_immediate, commit, rollback, savepoint, release, rollback_to;
-  Stmt read_counters, write_counters;
+  Stmt read_counters, write_counters, nudge_up, nudge_down;
   Stmt insert, load, brief, lane_head, lane_last, lane_prio, lane_next, lane_prio_from, expired_all;
   Stmt ready_add, waiting_add, ready_del, waiting_del, ready_bump, waiting_bump, ready_set,
       waiting_set;
@@ -583,6 +588,7 @@ class SqliteStorage final : public QueueStorage {
 
   int64_t LowWater() override {
     std::lock_guard lock(db_mu_);
+    SyncEarlierCommits();
     Use q(st().low_water);
     q->Step();
     return q->Int(0);
@@ -1319,7 +1325,24 @@ class SqliteStorage final : public QueueStorage {
   }
 
   // After a commit: keeps the WAL bounded (see kWalShareOfFree).
+  // Takes, acks and retries commit at NORMAL: a power cut may undo the latest ones.
+  // Before LowWater() reports ops as acknowledged for good (a server prunes its
+  // idempotency records below it), make those commits durable with one FULL commit
+  // (one frame and an fsync of the WAL). Nothing to do when the last commit was FULL,
+  // for a read-only handle, or at durability "off" (no promise of durability).
+  void SyncEarlierCommits() {
+    if (!unsynced_commits_ || options_.read_only || options_.durability == Durability::kOff) {
+      return;
+    }
+    Txn txn(*this, Durability::kFull);
+    Use(st().nudge_up)->Run();
+    Use(st().nudge_down)->Run();
+    txn.Commit();
+  }
+
   void AfterCommit() {
+    // A FULL commit syncs the WAL, and with it every frame committed before it.
+    unsynced_commits_ = sync_ != Durability::kFull;
     if (++commits_since_budget_ >= kWalBudgetEvery) RefreshWalBudget();
     if (checkpointer_) checkpointer_->AfterCommit(db_.get());
   }
@@ -1422,6 +1445,7 @@ class SqliteStorage final : public QueueStorage {
   int64_t page_size_ = 2048;
   int64_t wal_frames_ = 0;  // the WAL bound in force (RefreshWalBudget)
   int commits_since_budget_ = 0;
+  bool unsynced_commits_ = false;  // a NORMAL/OFF commit since the WAL was last synced
   std::unique_ptr<Statements> stmts_;
   std::optional<Durability> sync_;
   Counters counters_;
