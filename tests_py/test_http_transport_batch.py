@@ -819,3 +819,24 @@ def _closed_port() -> int:
     port: int = sock.getsockname()[1]
     sock.close()
     return port
+
+
+def test_an_engine_reports_its_queues_low_water_and_the_server_prunes(
+    server: SyncServer, tmp_path: Path
+) -> None:
+    # The real thing: a durable queue's own low_water, an engine in batch mode.
+    with cs.SyncQueue.open(tmp_path / "outbox.db") as q:
+        sent: list[int | None] = []
+        with cs.HttpTransport(
+            server.url, device="kiosk-1", low_water=lambda: sent.append(q.low_water) or sent[-1]
+        ) as t:
+            engine = cs.SyncEngine(q, t, batch_size=20)
+            for i in range(100):
+                q.enqueue("set", {"i": i}, key=f"k{i % 7}")
+            engine.drain(timeout=60)
+    assert len(applied_keys(server)) == 100
+    assert sent == sorted(sent) and sent[0] == 1  # never decreasing, from the first id
+    # records below the last low water reported were pruned; the rest are kept
+    kept = server.receiver.backend.record_count()
+    assert kept == 100 - (sent[-1] - 1)
+    assert kept < 100

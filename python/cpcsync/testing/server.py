@@ -82,12 +82,16 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if length < 0:
-            self._answer(Response.json(400, {"error": "bad Content-Length"}))
             self.close_connection = True
+            self._answer(
+                Response.json(400, {"error": "bad Content-Length"}, {"Connection": "close"})
+            )
             return
         if length > owner.receiver.max_body_bytes:
-            self._answer(too_large(owner.receiver))
-            self.close_connection = True  # the body is not read
+            response = too_large(owner.receiver)
+            response.headers["Connection"] = "close"  # the body is not read
+            self.close_connection = True
+            self._answer(response)
             return
         raw = self.rfile.read(length) if length > 0 else b""
         headers = {k.lower(): v for k, v in self.headers.items()}
