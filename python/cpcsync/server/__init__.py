@@ -8,12 +8,19 @@ protocol is docs/protocol.md; :func:`handle` serves it for any web framework.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx
 from cpcsync.server.http_api import PROTOCOL_VERSION, Response, handle
 from cpcsync.server.protocol import ProtocolError
 from cpcsync.server.receiver import Receiver, Request
 from cpcsync.server.sqlite_backend import SqliteBackend
 
+if TYPE_CHECKING:
+    from cpcsync.server.postgres_backend import PostgresBackend as PostgresBackend
+
+# PostgresBackend is not in __all__: ``from cpcsync.server import *`` must work without
+# psycopg. It is imported on first use (see __getattr__).
 __all__ = [
     "PROTOCOL_VERSION",
     "Backend",
@@ -27,3 +34,18 @@ __all__ = [
     "Tx",
     "handle",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``PostgresBackend``, imported on first use: importing cpcsync.server does not
+    need psycopg (the ``cpcsync[postgres]`` extra)."""
+    if name == "PostgresBackend":
+        from cpcsync.server.postgres_backend import PostgresBackend
+
+        globals()["PostgresBackend"] = PostgresBackend
+        return PostgresBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "PostgresBackend"])
