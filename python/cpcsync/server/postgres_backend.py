@@ -402,7 +402,7 @@ class PostgresBackend(Backend):
                 # (after the lock: another process may just have created it)
                 row = conn.execute("SELECT to_regclass('meta') IS NOT NULL").fetchone()
                 if not (row and row[0]):
-                    conn.execute(_SCHEMA_V1)
+                    conn.execute(_SCHEMA_V1, prepare=False)  # (several statements)
                     return
                 row = conn.execute(_SELECT_SCHEMA_VERSION).fetchone()
                 if row is None:
@@ -417,7 +417,7 @@ class PostgresBackend(Backend):
                         f"({SCHEMA_VERSION}): upgrade cpcsync"
                     )
                 for v in range(version, SCHEMA_VERSION):
-                    conn.execute(_MIGRATIONS[v])
+                    conn.execute(_MIGRATIONS[v], prepare=False)
 
         try:
             self._with_connection(migrate)
