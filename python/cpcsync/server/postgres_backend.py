@@ -175,6 +175,11 @@ _RETRYABLE = (pg_errors.SerializationFailure, pg_errors.DeadlockDetected, pg_err
 # after a failover, out of disk, a timeout): BackendUnavailable.
 _UNAVAILABLE = (psycopg.OperationalError, psycopg.InterfaceError, pg_errors.ReadOnlySqlTransaction)
 
+# A prepared statement missing or already there on the server connection: psycopg's
+# statements were prepared through a pooler that hands out server connections per
+# transaction and does not track them (PgBouncer before 1.21 in transaction mode).
+_POOLER_PREPARED = (pg_errors.DuplicatePreparedStatement, pg_errors.InvalidSqlStatementName)
+
 _RETRY_BASE_DELAY = 0.002  # seconds; doubled per attempt, full jitter, capped below
 _RETRY_MAX_DELAY = 0.1
 _STALE_RETRIES = 2  # re-runs on a fresh connection when a pooled one turns out dead
@@ -446,6 +451,12 @@ class PostgresBackend(Backend):
             except PoolTimeout as e:
                 raise BackendUnavailable(
                     f"no database connection within {self._acquire_timeout:g} s: {_one_line(e)}"
+                ) from e
+            except _POOLER_PREPARED as e:
+                _log.warning("cpcsync postgres: %s", _one_line(e))
+                raise BackendUnavailable(
+                    f"{_one_line(e)} (behind PgBouncer before 1.21 in transaction mode? "
+                    "pass prepare_threshold=None)"
                 ) from e
             except _UNAVAILABLE as e:
                 if isinstance(e, _RETRYABLE):
