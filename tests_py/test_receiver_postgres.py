@@ -698,6 +698,11 @@ def test_an_unreachable_server_is_backend_unavailable() -> None:
         PostgresBackend(f"postgresql://x@127.0.0.1:{port}/x", acquire_timeout=0.5)
 
 
+def test_a_malformed_dsn_is_refused_at_once() -> None:
+    with pytest.raises(ValueError, match="dsn is not a connection string"):
+        PostgresBackend("host=127.0.0.1 port")
+
+
 # ------------------------------------------------------------ settings
 
 

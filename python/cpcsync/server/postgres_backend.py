@@ -355,6 +355,12 @@ class PostgresBackend(Backend):
             raise ValueError("max_attempts must be >= 1")
         if not (poll_interval > 0 and acquire_timeout > 0 and connect_timeout > 0):
             raise ValueError("poll_interval, acquire_timeout and connect_timeout must be > 0")
+        for name, value in (("dsn", dsn), ("listen_dsn", listen_dsn)):
+            try:
+                if value is not None:
+                    conninfo_to_dict(value)
+            except psycopg.ProgrammingError as e:
+                raise ValueError(f"{name} is not a connection string: {_one_line(e)}") from None
         self._dsn = dsn
         self._listen = listen
         self._listen_dsn = listen_dsn or dsn
