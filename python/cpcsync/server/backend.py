@@ -73,6 +73,13 @@ class Tx(abc.ABC):
         """``(fingerprint, result JSON)`` of an applied op, or None."""
 
     @abc.abstractmethod
+    def lock_batch(self, keys: list[str], idempotency_keys: list[str]) -> None:
+        """Called once per batch before any op: a backend whose writers can block each
+        other takes its locks on these keys here, all at once and in one global
+        order, so two batches writing the same keys in different orders never
+        deadlock."""
+
+    @abc.abstractmethod
     def lock_entity(self, key: str) -> Entity | None:
         """The key's state, locked until commit; None if never written."""
 

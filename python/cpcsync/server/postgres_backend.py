@@ -159,6 +159,15 @@ INSERT INTO idempotency (idempotency_key, fingerprint, result, device, op_id, cr
 VALUES (%(ikey)s, %(fingerprint)s, %(result)s, %(device)s, %(op_id)s, %(now)s)
 """
 _ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+# The batch's locks in one global order: keys (namespace 1668309876) before idempotency
+# keys (1668309875, as cpcsync_record), each by hash. The subquery's ORDER BY fixes the
+# order in which the outer query's rows, and so its lock calls, are produced.
+_LOCK_BATCH = (
+    "SELECT pg_advisory_xact_lock(ns, h) FROM ("
+    "SELECT DISTINCT 1668309876 AS ns, hashtext(k) AS h FROM unnest(%s::text[]) AS k "
+    "UNION SELECT DISTINCT 1668309875, hashtext(i) FROM unnest(%s::text[]) AS i "
+    "ORDER BY 1 DESC, 2) AS batch"
+)
 _ADD_CHANGES = (
     "SELECT cpcsync_add_changes(%s::text[], %s::text[], %s::text[], %s::bigint[], "
     "%s::bigint[], %s::boolean[], %s::text[], %s::float8[])"
@@ -229,6 +238,15 @@ class _PostgresTx(Tx):
         seen once it commits); the lock is held until this one ends."""
         row = self._conn.execute(_SELECT_RECORD, (idempotency_key,)).fetchone()
         return None if row is None else (row[0], row[1])
+
+    def lock_batch(self, keys: list[str], idempotency_keys: list[str]) -> None:
+        """Transaction-level advisory locks on every key, then every idempotency key of
+        the batch (the same lock Tx.record takes), each in hash order: every receiver
+        takes them in one global order, so batches writing the same keys in different
+        orders wait for each other instead of deadlocking (PostgreSQL would detect
+        that only after deadlock_timeout, 1 s by default, and re-run one of them)."""
+        if keys or idempotency_keys:
+            self._conn.execute(_LOCK_BATCH, (keys, idempotency_keys)).fetchall()
 
     def lock_entity(self, key: str) -> Entity | None:
         """SELECT ... FOR UPDATE. A key without a row is remembered: its write will be

@@ -211,6 +211,9 @@ class Receiver:
         # Runs again from the start if the backend retries the transaction.
         out: dict[int, dict[str, Any]] = {}
         now = self._clock.wall()
+        tx.lock_batch(
+            [op.key for _, op in ops if op.key is not None], [op.idempotency_key for _, op in ops]
+        )
         for i, op in ops:
             out[i] = self._apply_one(tx, op, device, now)
         if device is not None and low_water is not None:

@@ -79,6 +79,9 @@ class _SqliteTx(Tx):
         ).fetchone()
         return None if row is None else (row[0], row[1])
 
+    def lock_batch(self, keys: list[str], idempotency_keys: list[str]) -> None:
+        """Nothing to do: BEGIN IMMEDIATE made this the only writer."""
+
     def lock_entity(self, key: str) -> Entity | None:
         """BEGIN IMMEDIATE already holds the only write lock: a plain read."""
         row = self._db.execute(
