@@ -60,6 +60,12 @@ TEST_F(FaultProxyTest, ForwardsBothWaysAndCounts) {
     writer.join();
     ASSERT_EQ(r.end, End::kComplete);
     EXPECT_TRUE(r.data == data);
+    // A write is counted when it completes on the proxy's I/O thread, which may be
+    // just after the client has read its bytes.
+    EXPECT_TRUE(Eventually([&] {
+      const FaultProxyStats s = proxy.Stats();
+      return s.bytes_upstream == data.size() && s.bytes_downstream == data.size();
+    }));
     const FaultProxyStats s = proxy.Stats();
     EXPECT_EQ(s.connections, 1u);
     EXPECT_EQ(s.active, 1u);

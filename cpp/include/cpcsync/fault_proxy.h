@@ -86,6 +86,8 @@ struct FaultProxyOptions {
   std::optional<uint64_t> seed;  // nullopt: random (see seed())
 };
 
+// Byte counts are taken when each write completes on the I/O thread: a peer may have
+// read the bytes a moment before they are counted.
 struct FaultProxyStats {
   uint64_t connections = 0;        // accepted in total
   uint64_t active = 0;             // open now
