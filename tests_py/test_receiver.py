@@ -1,6 +1,9 @@
-"""cpcsync.server.Receiver on SqliteBackend, called directly: results, exactly once,
-versions, last-write-wins by HLC, hooks, the changes feed, pruning, an unavailable
-database. (Over HTTP: test_receiver_http.py; the reference server: test_sync_server.py.)"""
+"""cpcsync.server.Receiver called directly, on each backend (SqliteBackend, and
+PostgresBackend on a fresh database: the tests marked ``postgres``): results, exactly
+once, versions, last-write-wins by HLC, hooks, the changes feed, pruning, an unavailable
+database. What only one backend has (a file's mode, SQLite's write lock) is tested on
+it alone; PostgreSQL under concurrency, crashes and outages: test_receiver_postgres.py.
+(Over HTTP: test_receiver_http.py; the reference server: test_sync_server.py.)"""
 
 from __future__ import annotations
 
@@ -13,7 +16,7 @@ from typing import Any
 import pytest
 
 import cpcsync as cs
-from cpcsync.server import ProtocolError, Receiver, SqliteBackend
+from cpcsync.server import Backend, ProtocolError, Receiver, SqliteBackend
 
 HLC = cs.HybridLogicalClock
 NOW = 1_800_000_000.0  # the receiver's wall clock in these tests
@@ -41,14 +44,25 @@ def clock() -> cs.VirtualClock:
     return cs.VirtualClock(start=NOW)
 
 
-@pytest.fixture
-def backend(tmp_path: Path) -> Iterator[SqliteBackend]:
-    with SqliteBackend(tmp_path / "server.db") as b:
-        yield b
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        with SqliteBackend(tmp_path / "server.db") as b:
+            yield b
+        return
+    from cpcsync.server import PostgresBackend
+
+    with PostgresBackend(request.getfixturevalue("cpcsync_postgres_db"), pool_size=4) as pb:
+        yield pb
+
+
+def sql(backend: Backend, statement: str) -> str:
+    """``statement`` in the backend's parameter style (written with ``?``)."""
+    return statement if isinstance(backend, SqliteBackend) else statement.replace("?", "%s")
 
 
 @pytest.fixture
-def rx(backend: SqliteBackend, clock: cs.VirtualClock) -> Receiver:
+def rx(backend: Backend, clock: cs.VirtualClock) -> Receiver:
     return Receiver(backend, clock=clock)
 
 
@@ -99,7 +113,7 @@ def test_without_base_version_an_older_hlc_is_a_conflict(rx: Receiver) -> None:
     assert rx.get("k")["value"] == "newer"  # type: ignore[index]
 
 
-def test_an_hlc_too_far_ahead_is_rejected_with_its_reason(backend: SqliteBackend) -> None:
+def test_an_hlc_too_far_ahead_is_rejected_with_its_reason(backend: Backend) -> None:
     clock = cs.VirtualClock(start=NOW)
     rx = Receiver(backend, clock=clock, max_clock_skew=300.0)
     [r] = rx.apply_batch([op("a", hlc=stamp(NOW + 301))])
@@ -122,8 +136,9 @@ def test_delete_kind_marks_the_key_deleted(rx: Receiver) -> None:
 
 
 def test_concurrent_writers_never_both_succeed_on_one_base_version(tmp_path: Path) -> None:
-    # Eight receivers, each on its own connection to one file (as processes would be),
-    # all writing key "k" against base_version 0 at once.
+    # SQLite: eight receivers, each on its own connection to one file (as processes
+    # would be), all writing key "k" against base_version 0 at once. (PostgreSQL:
+    # test_receiver_postgres.py, from threads and from processes.)
     path = tmp_path / "shared.db"
     backends = [SqliteBackend(path, busy_timeout=30.0) for _ in range(8)]
     receivers = [Receiver(b) for b in backends]
@@ -155,9 +170,10 @@ def test_concurrent_writers_never_both_succeed_on_one_base_version(tmp_path: Pat
 
 
 def test_apply_hook_writes_in_the_same_transaction(
-    backend: SqliteBackend, clock: cs.VirtualClock
+    backend: Backend, clock: cs.VirtualClock
 ) -> None:
     backend.run(lambda tx: tx.execute("CREATE TABLE orders (id TEXT PRIMARY KEY, qty INT)"))
+    insert = sql(backend, "INSERT INTO orders (id, qty) VALUES (?, ?)")
 
     def apply(tx: Any, body: dict[str, Any]) -> None:
         qty = body["payload"]["qty"]
@@ -165,7 +181,7 @@ def test_apply_hook_writes_in_the_same_transaction(
             raise cs.PermanentError("qty must be >= 0")
         if qty == 13:
             raise RuntimeError("unlucky, try later")
-        tx.execute("INSERT INTO orders (id, qty) VALUES (?, ?)", (body["key"], qty))
+        tx.execute(insert, (body["key"], qty))
 
     committed: list[list[dict[str, Any]]] = []
     rx = Receiver(backend, apply=apply, on_commit=committed.append, clock=clock)
@@ -188,9 +204,7 @@ def test_apply_hook_writes_in_the_same_transaction(
     assert r["status"] == "retry_later"
 
 
-def test_authorize_refusal_rejects_only_that_op(
-    backend: SqliteBackend, clock: cs.VirtualClock
-) -> None:
+def test_authorize_refusal_rejects_only_that_op(backend: Backend, clock: cs.VirtualClock) -> None:
     seen: list[Any] = []
 
     def authorize(request: Any, body: dict[str, Any]) -> bool:
@@ -205,7 +219,7 @@ def test_authorize_refusal_rejects_only_that_op(
 
 
 def test_on_commit_failure_does_not_undo_the_commit(
-    backend: SqliteBackend, clock: cs.VirtualClock
+    backend: Backend, clock: cs.VirtualClock
 ) -> None:
     def boom(results: list[dict[str, Any]]) -> None:
         raise RuntimeError("outbox down")
@@ -273,7 +287,7 @@ def test_bad_cursor_is_refused(rx: Receiver, since: str) -> None:
 # ------------------------------------------------------------------- pruning
 
 
-def test_records_below_a_devices_low_water_are_pruned(rx: Receiver, backend: SqliteBackend) -> None:
+def test_records_below_a_devices_low_water_are_pruned(rx: Receiver, backend: Backend) -> None:
     rx.apply_batch([op(f"i{n}", key=f"k{n}", id=n) for n in range(1, 6)], device="dev-1")
     rx.apply_batch([op("other", key="z", id=1)], device="dev-2")
     assert backend.record_count() == 6
@@ -284,7 +298,7 @@ def test_records_below_a_devices_low_water_are_pruned(rx: Receiver, backend: Sql
     assert r["status"] == "duplicate"
 
 
-def test_records_are_pruned_by_age(backend: SqliteBackend, clock: cs.VirtualClock) -> None:
+def test_records_are_pruned_by_age(backend: Backend, clock: cs.VirtualClock) -> None:
     rx = Receiver(backend, clock=clock, record_ttl=3600.0)
     rx.apply_batch([op("old")])
     clock.advance(1800.0)
@@ -302,6 +316,7 @@ def test_records_are_pruned_by_age(backend: SqliteBackend, clock: cs.VirtualCloc
 
 
 def test_a_locked_database_answers_retry_later_and_applies_nothing(tmp_path: Path) -> None:
+    # SQLite's write lock (PostgreSQL's outages: test_receiver_postgres.py)
     path = tmp_path / "server.db"
     with SqliteBackend(path, busy_timeout=0.05) as backend:
         rx = Receiver(backend, clock=cs.VirtualClock(start=NOW), record_ttl=None)

@@ -1,5 +1,7 @@
 """Bad input to the receiver over HTTP, table-driven: each request gets its status and a
-one-line reason, nothing is half-applied, and the receiver keeps serving."""
+one-line reason, nothing is half-applied, and the receiver keeps serving. On each
+backend (PostgreSQL: marked ``postgres``); the database going away mid-batch on
+PostgreSQL is in test_receiver_postgres.py."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import http.client
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +17,7 @@ from typing import Any
 import pytest
 
 import cpcsync as cs
-from cpcsync.server import Receiver, SqliteBackend
+from cpcsync.server import Backend, Receiver, SqliteBackend
 from cpcsync.testing import SyncServer
 
 NOW_HLC = int(cs.HybridLogicalClock.pack(int(time.time() * 1000), 0))
@@ -36,17 +39,44 @@ def raw(doc: Any) -> bytes:
     return json.dumps(doc).encode()
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SyncServer]:
-    path = tmp_path_factory.mktemp("rx") / "server.db"
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    if request.param == "sqlite":
+        with SqliteBackend(tmp_path_factory.mktemp("rx") / "server.db") as b:
+            yield b
+        return
+    # one database for the module (cpcsync_postgres_db makes one per test)
+    psycopg = pytest.importorskip("psycopg")
+    from psycopg import sql
 
+    from cpcsync.server import PostgresBackend
+    from cpcsync.testing.postgres import database_dsn
+
+    dsn: str = request.getfixturevalue("cpcsync_postgres_dsn")
+    name = f"cpcsync_bad_input_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        with PostgresBackend(database_dsn(dsn, name), pool_size=4) as pb:
+            yield pb
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture(scope="module")
+def server(backend: Backend) -> Iterator[SyncServer]:
     def authorize(request: Any, body: dict[str, Any]) -> bool:
         return not str(body.get("key")).startswith("forbidden:")
 
-    backend = SqliteBackend(path)
     with SyncServer(receiver=Receiver(backend, authorize=authorize)) as s:
         yield s
-    backend.close()
 
 
 def request(

@@ -81,7 +81,7 @@ def add_parsers(sub: Any) -> None:
         "serve",
         help="run a sync receiver over HTTP (uvicorn)",
         description=(
-            "Serve the receiver's HTTP protocol (docs/protocol.md: POST /ops, POST "
+            "Serve the receiver's HTTP protocol (the sync protocol: POST /ops, POST "
             "/ops/batch, GET /changes, GET /entities/<key>, GET /health) on one database, "
             "under uvicorn with --workers processes. Ctrl-C or SIGTERM stops it cleanly. "
             "Needs cpcsync[server]."

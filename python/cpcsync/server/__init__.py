@@ -10,6 +10,8 @@ protocol is docs/protocol.md; :func:`handle` serves it for any web framework,
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from cpcsync.server.asgi import make_asgi_app
 from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx
 from cpcsync.server.backend_url import backend_from_url
@@ -19,6 +21,11 @@ from cpcsync.server.receiver import Receiver, Request
 from cpcsync.server.sqlite_backend import SqliteBackend
 from cpcsync.server.wsgi import make_wsgi_app
 
+if TYPE_CHECKING:
+    from cpcsync.server.postgres_backend import PostgresBackend as PostgresBackend
+
+# PostgresBackend is not in __all__: ``from cpcsync.server import *`` must work without
+# psycopg. It is imported on first use (see __getattr__).
 __all__ = [
     "PROTOCOL_VERSION",
     "Backend",
@@ -35,3 +42,18 @@ __all__ = [
     "make_asgi_app",
     "make_wsgi_app",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``PostgresBackend``, imported on first use: importing cpcsync.server does not
+    need psycopg (the ``cpcsync[postgres]`` extra)."""
+    if name == "PostgresBackend":
+        from cpcsync.server.postgres_backend import PostgresBackend
+
+        globals()["PostgresBackend"] = PostgresBackend
+        return PostgresBackend
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), "PostgresBackend"])

@@ -89,9 +89,10 @@ class Tx(abc.ABC):
         device: str | None,
         op_id: int | None,
         now: float,
-    ) -> int:
+    ) -> int | None:
         """Store one applied op: the key's new state ``entity`` (None for an op without
-        a key), its idempotency record and its change. Returns the change's seq."""
+        a key), its idempotency record and its change. Returns the change's seq, or
+        None when the backend numbers changes only at commit (PostgresBackend)."""
 
     @abc.abstractmethod
     def prune_device(self, device: str, low_water: int) -> int:

@@ -258,11 +258,14 @@ class SqliteBackend(Backend):
 
     def reset(self) -> None:
         """Delete every row (tests: the pytest plugin's function-scoped server)."""
-        self.run(
-            lambda tx: tx.connection.executescript(
-                "DELETE FROM entities; DELETE FROM idempotency; DELETE FROM changes;"
-            )
-        )
+
+        def clear(tx: Tx) -> None:
+            # (not executescript: it commits the transaction it runs in)
+            tx.execute("DELETE FROM entities")
+            tx.execute("DELETE FROM idempotency")
+            tx.execute("DELETE FROM changes")
+
+        self.run(clear)
 
     def close(self) -> None:
         """Close the connection."""
