@@ -68,7 +68,6 @@ BATCH_FACTOR = 10.0  # POST /ops/batch of 100 >= 10x POST /ops (applied ops/s)
 COST_FACTOR = 2.0  # Receiver.apply_batch within 2x of a bare executemany of the same rows
 PG_POOL = 10  # PostgresBackend pool_size in-process (cpcsync serve uses its default)
 PG_SETTINGS = {"fsync": "on", "full_page_writes": "on"}
-DESCRIPTION = ""
 REPO = Path(__file__).resolve().parent.parent
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -666,6 +665,72 @@ def _inproc_case(backend: str, side: str) -> Callable[[Path, int], Measurement]:
 
 
 # ----------------------------------------------------------------------------- the group
+
+# What profiling found (kept with the group so the report says it after every rerun).
+FINDINGS = """\
+**Why the misses miss** (measured while profiling, 2026-12-04, cProfile and the
+attribution below, per 100-op batch, medians of 2-3 runs on this machine):
+
+- *Receiver vs a bare INSERT, SQLite.* The bare executemany of the rows takes 1.27 ms
+  (commit and fdatasync included). The receiver needs more than those rows: per op it
+  first reads the idempotency record (exactly once) and the key's row (versions, LWW),
+  then writes three rows with single-row `execute` calls. That SQL alone, replayed
+  with sqlite3, takes 1.84 ms (1.45x). `parse_op` (validation, two `json.dumps` and a
+  SHA-256 fingerprint per op) takes 1.18 ms; the results' JSON, the Entity objects and
+  the HLC another ~0.6 ms: `apply_batch` 3.67 ms, 2.9x. Within 2x (2.5 ms) needs about
+  1.1 ms less, the size of `parse_op`: e.g. the fingerprint hashed from the value's
+  JSON already made (one `dumps`, not two), results serialised without `json.dumps`,
+  and the batch's records and rows read with one `SELECT ... IN (...)` each.
+- *Receiver vs a bare INSERT, PostgreSQL.* Round trips. The bare executemany sends its
+  300 statements pipelined (5-6 ms here; 10 ms in a loaded run). The receiver waits
+  for an answer three times per op (the idempotency record under its advisory lock,
+  `SELECT ... FOR UPDATE` of the key, the entity+record insert) plus the changes and
+  the commit: 54-62 ms, within noise of the same statements replayed one at a time
+  with psycopg (64-72 ms with the two reads, 30-38 ms without them). Its own Python
+  is a few ms; psycopg spends ~100 µs of CPU per statement, and PostgreSQL's backend
+  as much again, on cores shared with the client. Within 2x needs a constant number of
+  round trips per batch: all records and rows of the batch read and locked in one
+  statement each (`WHERE key = ANY(%s) ORDER BY key FOR UPDATE`), then the writes
+  pipelined.
+- *Batch >= 10x single, PostgreSQL.* With one receiver, its process is the
+  bottleneck: it used 0.75-0.85 of a core in both runs (one Python process; its request
+  threads share the GIL), PostgreSQL and the clients less (the CPU remarks above). A
+  single-op request costs the receiver ~2 ms of CPU: ~1 ms of uvicorn, asyncio and
+  the thread hand-off (uvicorn here has neither httptools nor uvloop: the `server`
+  extra is plain `uvicorn`; `handle()` called directly costs 0.25 ms per op on
+  SQLite) plus a transaction's fixed round trips. Batching removes those, but not the
+  three statements per op above: ~370 µs of receiver CPU per op in a batch, mostly in
+  psycopg, so the batch rate is ~6x the single-op rate, not 10x. 10x needs the
+  per-op statements of a batch cut as above (about 200 µs per op). SQLite, whose
+  per-op work is ~85 µs, meets the target.
+- *1 vs 4 receivers.* Four receiver processes lift the one-receiver ceiling (one
+  core), but on 2 cores PostgreSQL's backends and the receivers then share the same
+  two cores, ~90% busy: a small gain at most, within this machine's noise. Scale-out
+  needs cores (or machines) for the extra receivers; this machine cannot show it.
+"""
+
+DESCRIPTION = (
+    "Real receivers: one `cpcsync serve` process per receiver (uvicorn, one worker, "
+    "`--log-level warning`: no access log), on a SQLite file (WAL, synchronous=FULL) or on "
+    "one PostgreSQL database (a throwaway cluster on this disk with `fsync=on`, "
+    "`full_page_writes=on`; the receivers use `PostgresBackend`'s default pool of 10). "
+    f"Clients: {CLIENT_PROCS} processes x {CLIENT_THREADS} threads, each thread an "
+    "`HttpTransport` with one kept-alive connection, writing 100 keys of its own round "
+    "robin (HLC increasing), so every op is applied; afterwards the changes feed is "
+    "counted against the ops sent. `POST /ops` rows send one op per request (`send`), "
+    "`POST /ops/batch` rows 100 (`send_batch`). ops/s: applied ops over the wall time "
+    "from the first client's start to the last one's end; latency per request, under "
+    "that load (16 requests in flight: queueing included). The *one connection* rows "
+    "are one client thread alone: a 100-op batch request's latency on an idle receiver. "
+    "With 4 receivers the 16 connections are spread round robin over their ports (a load "
+    "balancer's job). The notes give the CPU seconds each party used in the timed window "
+    "(receivers, PostgreSQL's processes, clients); the remarks per applied op.\n\n"
+    "In-process rows: `Receiver.apply_batch` of 100 ops (the dicts HttpTransport sends) "
+    "against a bare executemany of the rows it writes for them (entity upsert, "
+    "idempotency record, change; values computed beforehand) in one transaction into the "
+    f"backend's own schema, at the same durability, in {ROUNDS} alternating rounds.\n\n" + FINDINGS
+)
+
 
 _PG_KEYS: list[str] = []  # the group's PostgreSQL cases, in order (the last stops the cluster)
 _skipped: list[str] = []  # why the PostgreSQL cases are not in the group, if they are not
