@@ -36,6 +36,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -166,6 +167,7 @@ class _SharedCluster:
     def database(self) -> str:
         """The DSN of a new, empty database."""
         import psycopg
+        from psycopg import sql
 
         from cpcsync.testing.postgres import PostgresCluster, database_dsn
 
@@ -178,7 +180,7 @@ class _SharedCluster:
         self._databases += 1
         name = f"cpcsync_bench_{os.getpid()}_{self._databases}"
         with psycopg.connect(server, autocommit=True) as conn:
-            conn.execute(f"CREATE DATABASE {name}")
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return str(database_dsn(server, name))
 
     @property
@@ -213,33 +215,33 @@ def _healthy(port: int) -> bool:
 
 
 @contextlib.contextmanager
-def receivers(db_url: str, count: int) -> Iterator[list[subprocess.Popen[bytes]]]:
-    """``count`` ``cpcsync serve`` processes on one database, each on a port of its own
-    (``proc.args[-1]``); stopped with SIGTERM afterwards."""
-    procs: list[subprocess.Popen[bytes]] = []
+def receivers(db_url: str, count: int) -> Iterator[list[tuple[subprocess.Popen[bytes], int]]]:
+    """``count`` ``cpcsync serve`` processes on one database, each with its port; all
+    healthy when the block starts, stopped with SIGTERM after it."""
+    started: list[tuple[subprocess.Popen[bytes], int]] = []
     try:
         for _ in range(count):
             port = _free_port()
             cmd = [sys.executable, "-m", "cpcsync", "serve", "--db", db_url]
             cmd += ["--log-level", "warning", "--port", str(port)]
-            procs.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
-        for p in procs:
+            started.append((subprocess.Popen(cmd, stdout=subprocess.DEVNULL), port))
+        for proc, port in started:
             deadline = time.monotonic() + 60
-            while not _healthy(int(p.args[-1])):  # type: ignore[index]
-                if p.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"server bench: {' '.join(p.args)} did not start")  # type: ignore[arg-type]
+            while not _healthy(port):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"server bench: cpcsync serve on port {port} did not start")
                 time.sleep(0.05)
-        yield procs
+        yield started
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.send_signal(signal.SIGTERM)
-        for p in procs:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc, _ in started:
             try:
-                p.wait(timeout=30)
+                proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
+                proc.kill()
+                proc.wait()
 
 
 # ----------------------------------------------------------------------------- clients
@@ -367,8 +369,9 @@ def http_run(
     senders = clients * threads
     requests = max(1, ops // (senders * per_request))
     load = os.getloadavg()[0]
-    with receivers(db_url, receiver_count) as procs:
-        urls = [f"http://127.0.0.1:{p.args[-1]}/ops" for p in procs]  # type: ignore[index]
+    with receivers(db_url, receiver_count) as started:
+        procs = [proc for proc, _ in started]
+        urls = [f"http://127.0.0.1:{port}/ops" for _, port in started]
         config = {"urls": urls, "batch": batch, "threads": threads, "requests": requests}
         config["tag"] = key
         script = str(Path(__file__).resolve())
@@ -539,19 +542,20 @@ def _interleaved(receiver: _Side, raw: _Side, warmup: int) -> tuple[Measurement,
     parts: list[list[Measurement]] = [[], []]
     for _ in range(ROUNDS):
         for k, (side, it) in enumerate(zip(sides, its, strict=True)):
-            parts[k].append(
-                time_calls(lambda s=side, i=it: s.apply(next(i)), per_round, ops_per_call=BATCH)
-            )
-    return tuple(  # type: ignore[return-value]
-        Measurement(
-            sum(m.ops for m in ms),
-            sum(m.wall_ns for m in ms),
-            [x for m in ms for x in m.latencies_ns],
-            per=f"{BATCH}-op batch",
-            note=side.note,
-        )
-        for side, ms in zip(sides, parts, strict=True)
-    )
+            call = functools.partial(_apply_next, side.apply, it)
+            parts[k].append(time_calls(call, per_round, ops_per_call=BATCH))
+
+    def pooled(side: _Side, ms: list[Measurement]) -> Measurement:
+        latencies = [x for m in ms for x in m.latencies_ns]
+        wall = sum(m.wall_ns for m in ms)
+        per = f"{BATCH}-op batch"
+        return Measurement(sum(m.ops for m in ms), wall, latencies, per=per, note=side.note)
+
+    return pooled(receiver, parts[0]), pooled(raw, parts[1])
+
+
+def _apply_next(apply: Callable[[Any], object], items: Iterator[Any]) -> None:
+    apply(next(items))
 
 
 def _receiver_side(backend: Any, batches: list[list[dict[str, Any]]], note: str) -> _Side:
