@@ -672,8 +672,9 @@ def _inproc_case(backend: str, side: str) -> Callable[[Path, int], Measurement]:
 
 # What profiling found (kept with the group so the report says it after every rerun).
 FINDINGS = """\
-**Why the misses miss** (measured while profiling, 2026-12-04, cProfile and the
-attribution below, per 100-op batch, medians of 2-3 runs on this machine):
+**Why the misses miss** (measured while profiling, 2026-12-04: cProfile, and the
+receiver's statements replayed alone with sqlite3 and psycopg; per 100-op batch,
+medians of 2-3 runs on this machine):
 
 - *Receiver vs a bare INSERT, SQLite.* The bare executemany of the rows takes 1.27 ms
   (commit and fdatasync included). The receiver needs more than those rows: per op it
@@ -697,8 +698,10 @@ attribution below, per 100-op batch, medians of 2-3 runs on this machine):
   statement each (`WHERE key = ANY(%s) ORDER BY key FOR UPDATE`), then the writes
   pipelined.
 - *Batch >= 10x single, PostgreSQL.* With one receiver, its process is the
-  bottleneck: it used 0.75-0.85 of a core in both runs (one Python process; its request
-  threads share the GIL), PostgreSQL and the clients less (the CPU remarks above). A
+  bottleneck: it used 0.75-0.9 of a core in both runs (one Python process; its request
+  threads share the GIL), PostgreSQL and the clients less (the CPU remarks under
+  *Sanity checks*), and batches through it applied 2,000-2,200 ops/s whether 4, 16 or
+  32 connections sent them. A
   single-op request costs the receiver ~2 ms of CPU: ~1 ms of uvicorn, asyncio and
   the thread hand-off (uvicorn here has neither httptools nor uvloop: the `server`
   extra is plain `uvicorn`; `handle()` called directly costs 0.25 ms per op on
