@@ -1,8 +1,10 @@
-"""The scale and soak benchmarks work end to end at tiny sizes (behaviour only, no timing).
+"""The scale, soak and server benchmarks work end to end at tiny sizes (behaviour only, no
+timing).
 
 `make bench` runs them at full size; these tests prove that their machinery (backlog
 building, interleaved rounds, the SIGKILL/reopen scenario, the CLI calls, the soak's
-per-minute record, the report's limits table and chart) does what it says.
+per-minute record, the report's limits table and chart; the server group's receivers,
+client processes and applied-op check, on SQLite and on PostgreSQL) does what it says.
 """
 
 from __future__ import annotations
