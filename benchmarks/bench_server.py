@@ -698,22 +698,25 @@ medians of 2-3 runs on this machine):
   statement each (`WHERE key = ANY(%s) ORDER BY key FOR UPDATE`), then the writes
   pipelined.
 - *Batch >= 10x single, PostgreSQL.* With one receiver, its process is the
-  bottleneck: it used 0.75-0.9 of a core in both runs (one Python process; its request
-  threads share the GIL), PostgreSQL and the clients less (the CPU remarks under
-  *Sanity checks*), and batches through it applied 2,000-2,200 ops/s whether 4, 16 or
-  32 connections sent them. A
-  single-op request costs the receiver ~2 ms of CPU: ~1 ms of uvicorn, asyncio and
-  the thread hand-off (uvicorn here has neither httptools nor uvloop: the `server`
-  extra is plain `uvicorn`; `handle()` called directly costs 0.25 ms per op on
-  SQLite) plus a transaction's fixed round trips. Batching removes those, but not the
-  three statements per op above: ~370 µs of receiver CPU per op in a batch, mostly in
-  psycopg, so the batch rate is ~6x the single-op rate, not 10x. 10x needs the
-  per-op statements of a batch cut as above (about 200 µs per op). SQLite, whose
-  per-op work is ~85 µs, meets the target.
-- *1 vs 4 receivers.* Four receiver processes lift the one-receiver ceiling (one
-  core), but on 2 cores PostgreSQL's backends and the receivers then share the same
-  two cores, ~90% busy: a small gain at most, within this machine's noise. Scale-out
-  needs cores (or machines) for the extra receivers; this machine cannot show it.
+  bottleneck: it used 0.75-0.9 of a core (one Python process; its request threads
+  share the GIL), PostgreSQL and the clients less (the CPU remarks under *Sanity
+  checks*), and in a sweep batches through it applied 2,000-2,200 ops/s whether 4, 16
+  or 32 connections sent them. A single-op request costs the receiver 1.5-2 ms of
+  CPU: ~1 ms of uvicorn, asyncio and the thread hand-off (uvicorn here has neither
+  httptools nor uvloop: the `server` extra is plain `uvicorn`; `handle()` called
+  directly costs 0.25 ms per op on SQLite) plus a transaction's fixed round trips.
+  Batching removes those, but not the three statements per op above: 280-380 µs of
+  receiver CPU per op in a batch, mostly in psycopg, so the batch rate was 5.6-6.7x
+  the single-op rate in three full runs, not 10x. 10x needs the per-op statements of
+  a batch cut as above (to about 200 µs per op). SQLite, whose per-op work in a batch
+  is 60-85 µs of receiver CPU, meets the target.
+- *1 vs 4 receivers.* No gain on 2 cores. Four receiver processes lift the
+  one-receiver ceiling (one core), but they, PostgreSQL's backends (40 pooled
+  connections instead of 10) and the clients then share the same two cores, and the
+  CPU per applied op rises (one run: receivers 276 -> 409 µs, PostgreSQL 205 ->
+  314 µs): three full runs measured 4 receivers at 0.68x, 0.76x and 1.14x of one.
+  Scale-out needs cores (or machines) for the extra receivers; this machine cannot
+  show it.
 """
 
 DESCRIPTION = (
