@@ -377,7 +377,11 @@ each on fresh files in a temporary directory under `build/bench-tmp/` (on the
 repository's disk, not tmpfs: the fsync cost is part of what is measured), and the
 ratios above come from that one run. The scale and soak groups run in worker
 subprocesses (their RSS is their own); the C++ group builds `benchmarks/cpp` in
-`build/bench-cpp` (RelWithDebInfo) and runs it once with JSON output.
+`build/bench-cpp` (RelWithDebInfo) and runs it once with JSON output. The server group
+starts `cpcsync serve` processes and client processes per case, and for its PostgreSQL
+rows one throwaway cluster (`cpcsync.testing.PostgresCluster`, fsync on) under
+`build/bench-tmp/`; without PostgreSQL or `PostgresBackend` those rows are left out and
+a remark says why.
 
 - `--quick` divides op counts by 10 (scale: backlogs of 1,000 and 10,000; soak: 100,000
   ops) for a smoke run; its numbers are noisier.
@@ -385,8 +389,9 @@ subprocesses (their RSS is their own); the C++ group builds `benchmarks/cpp` in
   `make bench` near 15 minutes here); the recorded run says which it used under
   *Machine*. `make bench BENCH_ARGS="--scale-max 10000000"` passes it through make.
 - `--only SUBSTRING` runs the cases whose key contains it (report to
-  `build/benchmarks-partial.md`); `benchmarks/bench_scale.py`, `bench_soak.py` and
-  `bench_cpp.py` also run alone.
+  `build/benchmarks-partial.md`; `--only server.` is the server group);
+  `benchmarks/bench_scale.py`, `bench_soak.py`, `bench_cpp.py` and `bench_server.py`
+  also run alone.
 
 Throughput is ops over the wall time of the timed loop (harness overhead included, see
 *Timer overhead*); latencies are `time.perf_counter_ns` around each call, nearest-rank

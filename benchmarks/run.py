@@ -27,6 +27,7 @@ import bench_monitor
 import bench_proxy
 import bench_queue
 import bench_scale
+import bench_server
 import bench_soak
 import harness
 
@@ -37,6 +38,7 @@ GROUPS: list[Callable[[], harness.Group]] = [
     bench_monitor.group,
     bench_engine.group,
     bench_proxy.group,
+    bench_server.group,
     bench_scale.group,
     bench_soak.group,
     bench_cpp.group,

@@ -1,8 +1,10 @@
-"""The scale and soak benchmarks work end to end at tiny sizes (behaviour only, no timing).
+"""The scale, soak and server benchmarks work end to end at tiny sizes (behaviour only, no
+timing).
 
 `make bench` runs them at full size; these tests prove that their machinery (backlog
 building, interleaved rounds, the SIGKILL/reopen scenario, the CLI calls, the soak's
-per-minute record, the report's limits table and chart) does what it says.
+per-minute record, the report's limits table and chart; the server group's receivers,
+client processes and applied-op check, on SQLite and on PostgreSQL) does what it says.
 """
 
 from __future__ import annotations
@@ -115,3 +117,71 @@ def test_report_has_a_limits_table_and_links_the_chart(tmp_path: Path) -> None:
     assert "(report.png)" in text
     (o,) = outcomes
     assert o.verdict.startswith("MISS")  # b is 2x slower than a
+
+
+def test_server_group_measures_the_receiver_over_http_and_in_process(tmp_path: Path) -> None:
+    """Tiny runs of the server group's machinery on SQLite: real `cpcsync serve`, client
+    processes, every op checked applied in the changes feed (http_run raises otherwise)."""
+    pytest.importorskip("uvicorn")
+    import bench_server
+
+    single = bench_server.http_run(
+        f"sqlite:///{tmp_path / 'single.db'}", 40, batch=0, receiver_count=1, key="s", clients=1
+    )
+    assert single.ops == 40 and len(single.latencies_ns) == 40
+    batch = bench_server.http_run(
+        f"sqlite:///{tmp_path / 'batch.db'}",
+        400,
+        batch=bench_server.BATCH,
+        receiver_count=2,
+        key="b",
+        clients=2,
+        threads=1,
+    )
+    assert batch.ops == 400 and len(batch.latencies_ns) == 4
+    assert "2 receivers; 2 client processes x 1 connection" in batch.note
+    both = bench_server._inproc_sqlite(tmp_path, 1_000)
+    assert [both[side].ops for side in ("receiver", "raw")] == [1_000, 1_000]
+
+
+def test_server_group_targets_and_postgres_note() -> None:
+    import bench_server
+
+    g = bench_server.group()
+    keys = {c.key for c in g.cases}
+    assert {"server.http.sqlite.single", "server.http.sqlite.batch"} <= keys
+    assert {"server.inproc.sqlite.raw", "server.inproc.sqlite.receiver"} <= keys
+    assert {(t.mode, t.factor) for t in g.targets} == {("at_least", 10.0), ("within", 2.0)}
+    missing = bench_server.postgres_missing()
+    remarks = g.checks({}) if g.checks else []
+    if missing:
+        assert not any(".postgres." in k for k in keys)
+        assert any("PostgreSQL cases did not run" in r for r in remarks)
+    else:
+        assert "server.http.postgres.batch.4rx" in keys and "server.inproc.postgres.raw" in keys
+
+
+@pytest.mark.postgres
+def test_server_group_on_postgres(request: pytest.FixtureRequest) -> None:
+    """The PostgreSQL side at tiny sizes, on the test session's server."""
+    pytest.importorskip("uvicorn")
+    import bench_server
+
+    if bench_server.postgres_missing():
+        pytest.skip(str(bench_server.postgres_missing()))
+    bench_server._PG.use(request.getfixturevalue("cpcsync_postgres_dsn"))
+    try:
+        m = bench_server.http_run(
+            bench_server._PG.database(),
+            400,
+            batch=bench_server.BATCH,
+            receiver_count=2,
+            key="pg",
+            clients=2,
+            threads=1,
+        )
+        assert m.ops == 400 and "PostgreSQL" not in m.note  # not its cluster: no CPU figure
+        both = bench_server._inproc_postgres(Path("."), 1_000)
+        assert [both[side].ops for side in ("receiver", "raw")] == [1_000, 1_000]
+    finally:
+        bench_server._PG.use(None)
