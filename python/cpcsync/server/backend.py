@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 from cpcsync.errors import SyncError
 
-__all__ = ["Backend", "BackendUnavailable", "Entity", "Tx"]
+__all__ = ["Backend", "BackendUnavailable", "Entity", "Tx", "Write"]
 
 T = TypeVar("T")
 
@@ -46,6 +46,22 @@ class Entity:
     version: int
     hlc: int
     deleted: bool
+
+
+@dataclass(frozen=True)
+class Write:
+    """One applied op, for :meth:`Tx.write_many`: the key's new state ``entity``
+    (None for an op without a key), its idempotency record and its change."""
+
+    key: str | None
+    kind: str | None
+    entity: Entity | None
+    idempotency_key: str
+    fingerprint: str
+    result_json: str
+    device: str | None
+    op_id: int | None
+    now: float
 
 
 class Tx(abc.ABC):
@@ -100,6 +116,43 @@ class Tx(abc.ABC):
         """Store one applied op: the key's new state ``entity`` (None for an op without
         a key), its idempotency record and its change. Returns the change's seq, or
         None when the backend numbers changes only at commit (PostgresBackend)."""
+
+    # The batch forms: the receiver uses these, a fixed number of statements per batch.
+    # The defaults call the one-op forms; a backend overrides them to save round trips.
+
+    def records(self, idempotency_keys: list[str]) -> dict[str, tuple[str, str]]:
+        """:meth:`record` of each key: key -> ``(fingerprint, result JSON)`` for those
+        applied."""
+        found = {}
+        for ikey in idempotency_keys:
+            seen = self.record(ikey)
+            if seen is not None:
+                found[ikey] = seen
+        return found
+
+    def lock_entities(self, keys: list[str]) -> dict[str, Entity]:
+        """:meth:`lock_entity` of each key: key -> state for those written before."""
+        found = {}
+        for key in keys:
+            entity = self.lock_entity(key)
+            if entity is not None:
+                found[key] = entity
+        return found
+
+    def write_many(self, writes: list[Write]) -> None:
+        """:meth:`write` of each, in order."""
+        for w in writes:
+            self.write(
+                key=w.key,
+                kind=w.kind,
+                entity=w.entity,
+                idempotency_key=w.idempotency_key,
+                fingerprint=w.fingerprint,
+                result_json=w.result_json,
+                device=w.device,
+                op_id=w.op_id,
+                now=w.now,
+            )
 
     @abc.abstractmethod
     def prune_device(self, device: str, low_water: int) -> int:

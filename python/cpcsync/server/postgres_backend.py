@@ -50,7 +50,7 @@ except ImportError as _e:
         name=_e.name,
     ) from None
 
-from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx
+from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx, Write
 
 __all__ = ["SCHEMA_VERSION", "PostgresBackend"]
 
@@ -159,6 +159,22 @@ INSERT INTO idempotency (idempotency_key, fingerprint, result, device, op_id, cr
 VALUES (%(ikey)s, %(fingerprint)s, %(result)s, %(device)s, %(op_id)s, %(now)s)
 """
 _ADVISORY_XACT_LOCK = "SELECT pg_advisory_xact_lock(%s)"
+# The batch forms (Tx.records, lock_entities, write_many).
+_SELECT_RECORDS = (
+    "SELECT idempotency_key, fingerprint, result FROM idempotency WHERE idempotency_key = ANY(%s)"
+)
+_LOCK_ENTITIES = (
+    "SELECT key, value, version, hlc, deleted FROM entities WHERE key = ANY(%s) FOR UPDATE"
+)
+_UPSERT_ENTITY = (
+    "INSERT INTO entities (key, value, version, hlc, deleted) VALUES (%s, %s, %s, %s, %s) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value, version = excluded.version, "
+    "hlc = excluded.hlc, deleted = excluded.deleted"
+)
+_INSERT_RECORD_ROW = (
+    "INSERT INTO idempotency (idempotency_key, fingerprint, result, device, op_id, created_at) "
+    "VALUES (%s, %s, %s, %s, %s, %s)"
+)
 # The batch's locks in one global order: keys (namespace 1668309876) before idempotency
 # keys (1668309875, as cpcsync_record), each by hash. The subquery's ORDER BY fixes the
 # order in which the outer query's rows, and so its lock calls, are produced.
@@ -309,6 +325,60 @@ class _PostgresTx(Tx):
             )
         )
         return None
+
+    def records(self, idempotency_keys: list[str]) -> dict[str, tuple[str, str]]:
+        """One query for the batch. lock_batch already holds every key's advisory lock
+        (waiting for a concurrent copy of an op to commit), so this sees its record."""
+        if not idempotency_keys:
+            return {}
+        rows = self._conn.execute(_SELECT_RECORDS, (idempotency_keys,)).fetchall()
+        return {k: (f, r) for k, f, r in rows}
+
+    def lock_entities(self, keys: list[str]) -> dict[str, Entity]:
+        """One SELECT ... FOR UPDATE for the batch. A key not there yet is written with
+        an upsert: lock_batch's advisory lock on it makes every other receiver wait, so
+        two first writes of one key cannot race."""
+        if not keys:
+            return {}
+        rows = self._conn.execute(_LOCK_ENTITIES, (keys,)).fetchall()
+        return {k: Entity(v, ver, h, d) for k, v, ver, h, d in rows}
+
+    def write_many(self, writes: list[Write]) -> None:
+        """Two executemany (pipelined by psycopg: one round trip each, not one per row):
+        the keys' final states and the records; the changes are numbered at commit."""
+        if self._done:
+            raise RuntimeError("the transaction is being committed: no more writes")
+        if not writes:
+            return
+        final = {w.key: w.entity for w in writes if w.key is not None and w.entity is not None}
+        with self._conn.cursor() as cur:
+            if final:
+                cur.executemany(
+                    _UPSERT_ENTITY,
+                    [(k, e.value_json, e.version, e.hlc, e.deleted) for k, e in final.items()],
+                )
+            cur.executemany(
+                _INSERT_RECORD_ROW,
+                [
+                    (w.idempotency_key, w.fingerprint, w.result_json, w.device, w.op_id, w.now)
+                    for w in writes
+                ],
+            )
+        for w in writes:
+            self._missing.discard(w.key or "")
+            e = w.entity
+            self._changes.append(
+                (
+                    w.key,
+                    w.kind,
+                    e.value_json if e else "null",
+                    e.version if e and w.key is not None else None,
+                    e.hlc if e else 0,
+                    bool(e.deleted) if e else False,
+                    w.idempotency_key,
+                    w.now,
+                )
+            )
 
     def prune_device(self, device: str, low_water: int) -> int:
         """One indexed range delete."""

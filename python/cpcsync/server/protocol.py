@@ -137,7 +137,9 @@ def parse_op(body: Any, header_key: str | None = None) -> WireOp:
     if isinstance(value, float) and not math.isfinite(value):
         raise ProtocolError("the payload is NaN or Infinity")
     value_json = dumps(value)
-    fingerprint = hashlib.sha256(dumps([kind, key, value]).encode("utf-8")).hexdigest()
+    # kind and key were checked above (valid Unicode): no second encoding of the value
+    head = repr((kind, key)).encode("utf-8")
+    fingerprint = hashlib.sha256(head + b"\n" + value_json.encode("utf-8")).hexdigest()
     return WireOp(
         idempotency_key=ikey,
         kind=kind,

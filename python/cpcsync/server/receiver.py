@@ -28,8 +28,8 @@ from typing import TYPE_CHECKING, Any
 
 from cpcsync import _core
 from cpcsync.errors import PermanentError
-from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx
-from cpcsync.server.protocol import MAX_INT, ProtocolError, WireOp, dumps, parse_op
+from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx, Write
+from cpcsync.server.protocol import MAX_INT, ProtocolError, WireOp, parse_op
 
 if TYPE_CHECKING:
     from cpcsync.server.asgi import ReceiverASGI
@@ -208,20 +208,38 @@ class Receiver:
         device: str | None,
         low_water: int | None,
     ) -> dict[int, dict[str, Any]]:
-        # Runs again from the start if the backend retries the transaction.
+        # Runs again from the start if the backend retries the transaction. A fixed
+        # number of statements per batch: lock, read the records and the keys' rows,
+        # judge every op in memory, write everything at the end (before each `apply`
+        # call too, so the hook sees the batch's earlier ops in the database).
         out: dict[int, dict[str, Any]] = {}
         now = self._clock.wall()
-        tx.lock_batch(
-            [op.key for _, op in ops if op.key is not None], [op.idempotency_key for _, op in ops]
-        )
+        keys = list(dict.fromkeys(op.key for _, op in ops if op.key is not None))
+        ikeys = list(dict.fromkeys(op.idempotency_key for _, op in ops))
+        tx.lock_batch(keys, ikeys)
+        records = tx.records(ikeys)
+        entities = tx.lock_entities(keys)
+        writes: list[Write] = []
         for i, op in ops:
-            out[i] = self._apply_one(tx, op, device, now)
+            out[i] = self._apply_one(tx, op, device, now, records, entities, writes)
+        tx.write_many(writes)
         if device is not None and low_water is not None:
             tx.prune_device(device, low_water)
         return out
 
-    def _apply_one(self, tx: Tx, op: WireOp, device: str | None, now: float) -> dict[str, Any]:
-        seen = tx.record(op.idempotency_key)
+    def _apply_one(
+        self,
+        tx: Tx,
+        op: WireOp,
+        device: str | None,
+        now: float,
+        records: dict[str, tuple[str, str]],
+        entities: dict[str, Entity],
+        writes: list[Write],
+    ) -> dict[str, Any]:
+        """Judges one op against the batch's view (``records``, ``entities``: updated
+        here as ops apply) and queues its writes."""
+        seen = records.get(op.idempotency_key)
         if seen is not None:
             fingerprint, result_json = seen
             if fingerprint != op.fingerprint:
@@ -233,7 +251,7 @@ class Receiver:
             first: dict[str, Any] = json.loads(result_json)
             first["status"] = "duplicate"
             return first
-        current = tx.lock_entity(op.key) if op.key is not None else None
+        current = entities.get(op.key) if op.key is not None else None
         version = current.version if current is not None else 0
         if op.key is not None:
             if op.base_version is not None:
@@ -243,6 +261,8 @@ class Receiver:
                 return _conflict(current)
         hlc = self._stamp(op)
         if self._apply is not None:
+            tx.write_many(writes)
+            writes.clear()
             try:
                 with tx.savepoint():
                     self._apply(tx, op.body)
@@ -253,23 +273,29 @@ class Receiver:
             except Exception as e:
                 _log.warning("receiver: apply raised (%s)", op.idempotency_key, exc_info=True)
                 return _retry_later(f"apply raised {type(e).__name__}: {e}")
-        entity = None
         result: dict[str, Any] = {"status": "applied", "version": None, "hlc": hlc}
         if op.key is not None:
             entity = Entity(op.value_json, version + 1, hlc, op.deletes)
+            entities[op.key] = entity
             result["version"] = version + 1
         else:
             entity = Entity(op.value_json, 0, hlc, False)
-        tx.write(
-            key=op.key,
-            kind=op.kind,
-            entity=entity,
-            idempotency_key=op.idempotency_key,
-            fingerprint=op.fingerprint,
-            result_json=dumps(result),
-            device=device,
-            op_id=op.op_id,
-            now=now,
+        # (what dumps(result) gives, without the encoder: three plain values)
+        v = "null" if result["version"] is None else str(result["version"])
+        result_json = f'{{"status":"applied","version":{v},"hlc":{hlc}}}'
+        records[op.idempotency_key] = (op.fingerprint, result_json)
+        writes.append(
+            Write(
+                key=op.key,
+                kind=op.kind,
+                entity=entity,
+                idempotency_key=op.idempotency_key,
+                fingerprint=op.fingerprint,
+                result_json=result_json,
+                device=device,
+                op_id=op.op_id,
+                now=now,
+            )
         )
         return result
 

@@ -11,6 +11,7 @@ lock; several processes (``cpcsync serve --workers N``) share the file, waiting 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import sqlite3
 import threading
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
-from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx
+from cpcsync.server.backend import Backend, BackendUnavailable, Entity, Tx, Write
 
 __all__ = ["SqliteBackend"]
 
@@ -42,6 +43,20 @@ CREATE TABLE IF NOT EXISTS changes (
     idempotency_key TEXT NOT NULL, committed_at REAL NOT NULL);
 """
 _CHANGE_NAMES = ("seq", "key", "kind", "value", "version", "hlc", "deleted", "idempotency_key")
+
+
+def _change_row(w: Write) -> tuple[Any, ...]:
+    e = w.entity
+    return (
+        w.key,
+        w.kind,
+        e.value_json if e else "null",
+        e.version if e and w.key is not None else None,
+        e.hlc if e else 0,
+        int(e.deleted) if e else 0,
+        w.idempotency_key,
+        w.now,
+    )
 
 
 class _SqliteTx(Tx):
@@ -119,18 +134,52 @@ class _SqliteTx(Tx):
         cur = db.execute(
             "INSERT INTO changes (key, kind, value, version, hlc, deleted, idempotency_key, "
             "committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (
-                key,
-                kind,
-                entity.value_json if entity else "null",
-                entity.version if entity and key is not None else None,
-                entity.hlc if entity else 0,
-                int(entity.deleted) if entity else 0,
-                idempotency_key,
-                now,
-            ),
+            _change_row(Write(key, kind, entity, idempotency_key, "", "", device, op_id, now)),
         )
         return int(cur.lastrowid or 0)
+
+    def records(self, idempotency_keys: list[str]) -> dict[str, tuple[str, str]]:
+        """One query for the batch (the keys passed as a JSON array)."""
+        rows = self._db.execute(
+            "SELECT idempotency_key, fingerprint, result FROM idempotency "
+            "WHERE idempotency_key IN (SELECT value FROM json_each(?))",
+            (json.dumps(idempotency_keys),),
+        )
+        return {k: (f, r) for k, f, r in rows}
+
+    def lock_entities(self, keys: list[str]) -> dict[str, Entity]:
+        """One query for the batch (BEGIN IMMEDIATE already holds the write lock)."""
+        rows = self._db.execute(
+            "SELECT key, value, version, hlc, deleted FROM entities "
+            "WHERE key IN (SELECT value FROM json_each(?))",
+            (json.dumps(keys),),
+        )
+        return {k: Entity(v, ver, h, bool(d)) for k, v, ver, h, d in rows}
+
+    def write_many(self, writes: list[Write]) -> None:
+        """Three executemany: the keys' final states, the records, the changes."""
+        if not writes:
+            return
+        final = {w.key: w.entity for w in writes if w.key is not None and w.entity is not None}
+        self._db.executemany(
+            "INSERT INTO entities (key, value, version, hlc, deleted) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value, "
+            "version = excluded.version, hlc = excluded.hlc, deleted = excluded.deleted",
+            [(k, e.value_json, e.version, e.hlc, int(e.deleted)) for k, e in final.items()],
+        )
+        self._db.executemany(
+            "INSERT INTO idempotency (idempotency_key, fingerprint, result, device, op_id, "
+            "created_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                (w.idempotency_key, w.fingerprint, w.result_json, w.device, w.op_id, w.now)
+                for w in writes
+            ],
+        )
+        self._db.executemany(
+            "INSERT INTO changes (key, kind, value, version, hlc, deleted, idempotency_key, "
+            "committed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [_change_row(w) for w in writes],
+        )
 
     def prune_device(self, device: str, low_water: int) -> int:
         """One indexed range delete."""
