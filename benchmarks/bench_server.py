@@ -672,51 +672,29 @@ def _inproc_case(backend: str, side: str) -> Callable[[Path, int], Measurement]:
 
 # What profiling found (kept with the group so the report says it after every rerun).
 FINDINGS = """\
-**Why the misses miss** (measured while profiling, 2026-12-04: cProfile, and the
-receiver's statements replayed alone with sqlite3 and psycopg; per 100-op batch,
-medians of 2-3 runs on this machine):
+**Where the time goes** (profiled 2026-12-04 with cProfile, and the receiver's
+statements replayed alone with sqlite3 and psycopg; per 100-op batch):
 
-- *Receiver vs a bare INSERT, SQLite.* The bare executemany of the rows takes 1.27 ms
-  (commit and fdatasync included). The receiver needs more than those rows: per op it
-  first reads the idempotency record (exactly once) and the key's row (versions, LWW),
-  then writes three rows with single-row `execute` calls. That SQL alone, replayed
-  with sqlite3, takes 1.84 ms (1.45x). `parse_op` (validation, two `json.dumps` and a
-  SHA-256 fingerprint per op) takes 1.18 ms; the results' JSON, the Entity objects and
-  the HLC another ~0.6 ms: `apply_batch` 3.67 ms, 2.9x. Within 2x (2.5 ms) needs about
-  1.1 ms less, the size of `parse_op`: e.g. the fingerprint hashed from the value's
-  JSON already made (one `dumps`, not two), results serialised without `json.dumps`,
-  and the batch's records and rows read with one `SELECT ... IN (...)` each.
-- *Receiver vs a bare INSERT, PostgreSQL.* Round trips. The bare executemany sends its
-  300 statements pipelined (5-6 ms here; 10 ms in a loaded run). The receiver waits
-  for an answer three times per op (the idempotency record under its advisory lock,
-  `SELECT ... FOR UPDATE` of the key, the entity+record insert) plus the changes and
-  the commit: 54-62 ms, within noise of the same statements replayed one at a time
-  with psycopg (64-72 ms with the two reads, 30-38 ms without them). Its own Python
-  is a few ms; psycopg spends ~100 µs of CPU per statement, and PostgreSQL's backend
-  as much again, on cores shared with the client. Within 2x needs a constant number of
-  round trips per batch: all records and rows of the batch read and locked in one
-  statement each (`WHERE key = ANY(%s) ORDER BY key FOR UPDATE`), then the writes
-  pipelined.
-- *Batch >= 10x single, PostgreSQL.* With one receiver, its process is the
-  bottleneck: it used 0.75-0.9 of a core (one Python process; its request threads
-  share the GIL), PostgreSQL and the clients less (the CPU remarks under *Sanity
-  checks*), and in a sweep batches through it applied 2,000-2,200 ops/s whether 4, 16
-  or 32 connections sent them. A single-op request costs the receiver 1.5-2 ms of
-  CPU: ~1 ms of uvicorn, asyncio and the thread hand-off (uvicorn here has neither
-  httptools nor uvloop: the `server` extra is plain `uvicorn`; `handle()` called
-  directly costs 0.25 ms per op on SQLite) plus a transaction's fixed round trips.
-  Batching removes those, but not the three statements per op above: 280-380 µs of
-  receiver CPU per op in a batch, mostly in psycopg, so the batch rate was 5.6-6.7x
-  the single-op rate in three full runs, not 10x. 10x needs the per-op statements of
-  a batch cut as above (to about 200 µs per op). SQLite, whose per-op work in a batch
-  is 60-85 µs of receiver CPU, meets the target.
-- *1 vs 4 receivers.* No gain on 2 cores. Four receiver processes lift the
-  one-receiver ceiling (one core), but they, PostgreSQL's backends (40 pooled
-  connections instead of 10) and the clients then share the same two cores, and the
-  CPU per applied op rises (one run: receivers 276 -> 409 µs, PostgreSQL 205 ->
-  314 µs): three full runs measured 4 receivers at 0.68x, 0.76x and 1.14x of one.
-  Scale-out needs cores (or machines) for the extra receivers; this machine cannot
-  show it.
+- The receiver used to send 3 statements per op (the idempotency record under its
+  advisory lock, `SELECT ... FOR UPDATE` of the key, the entity and record insert):
+  on PostgreSQL 54-62 ms per batch, 7x the bare executemany, and 5.6-6.7x single-op
+  throughput for batches. It now sends a fixed number per batch: the batch's advisory
+  locks, one read of every record, one `SELECT ... FOR UPDATE` of every key, then
+  executemany of the keys' final states and the records (pipelined by psycopg) and
+  the changes at commit. On PostgreSQL that met both targets in the first run after
+  the change (a loaded machine: load 3.8-5): `apply_batch` 1.72x the bare
+  executemany, batches 21x single ops.
+- *Receiver vs a bare INSERT, SQLite.* Still missed: the statements are now the
+  bare insert's plus three small reads, and what remains is Python per op: `parse_op`
+  (validation, one `json.dumps`, a SHA-256 fingerprint) ~20 µs, judging the op and
+  building its Entity and Write ~12 µs, against ~12 µs per op for the whole bare
+  executemany with its commit (3.4-3.6 ms per batch vs 1.2-1.3 ms). Within 2x needs
+  ~1 ms less per batch: fewer Python objects per op, or the validation in C++.
+- *Single-op requests* cost the receiver 1.5-2 ms of CPU each, about 1 ms of it
+  uvicorn, asyncio and the thread hand-off: the `server` extra is plain `uvicorn`
+  (neither httptools nor uvloop); `handle()` called directly costs 0.25 ms per op on
+  SQLite.
+- *1 vs 4 receivers* on 2 cores: no gain to show; CPU per op rises with 4 processes.
 """
 
 DESCRIPTION = (
