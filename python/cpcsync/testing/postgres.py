@@ -303,8 +303,14 @@ class PostgresCluster:
     # ------------------------------------------------------------------ internals
 
     def _env(self) -> dict[str, str]:
-        # Nothing of the caller's libpq settings (PGHOST, PGPORT, PGDATA...) leaks in.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        # Nothing of the caller's libpq settings (PGHOST, PGPORT, PGDATA...) leaks in,
+        # nor a preloaded library or sanitizer settings meant for the caller (a test run
+        # against an ASan build preloads libasan: the server is not that program).
+        env = {
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("PG", "ASAN_", "UBSAN_", "LSAN_", "TSAN_")) and k != "LD_PRELOAD"
+        }
         env.update(LC_ALL="C", LANG="C", HOME=str(self._dir))
         return env
 
