@@ -171,12 +171,17 @@ def test_disk_filled_by_something_else(tiny_disk: Path, durability: str) -> None
         filler = tiny_disk / "filler"
         fill(filler)
         errors = 0
-        for _ in range(50):  # WAL pages preallocated earlier may absorb a few writes
+        # Until the disk is full for good: WAL pages preallocated earlier, and the space
+        # a checkpoint-and-retry frees by truncating the WAL, absorb some writes first
+        # (50 were not always enough). Far more ops than the disk holds.
+        for _ in range(20_000):
             try:
                 enqueued.append(q.enqueue("k", PAYLOAD))
             except cs.StorageError as e:
                 assert isinstance(e.__cause__, cs.SQLiteError), e.__cause__
                 errors += 1
+                if errors == 3:
+                    break
         assert errors > 0, "a full disk never failed an enqueue"
         assert len(q) == len(enqueued)
         # Every op is still there, the leased one still leased.
